@@ -1,0 +1,25 @@
+# Every target creates .venv itself, so each works on a fresh clone with only Python and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test run demo bench soak lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,local]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m soak
+
+lint: $(STAMP)
+	$(BIN)/ruff check watcher tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,64 @@
+"""The project's small error hierarchy.
+
+Every failure a job can end with is a :class:`JobError` whose ``code`` is the stable string written
+into the result marker (CONTRACT §4). Configuration problems are :class:`ConfigError` and name the
+offending key; the CLI turns them into exit status 2.
+"""
+
+from __future__ import annotations
+
+
+class WatcherError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(WatcherError):
+    """The configuration (file, environment or command line) is unusable; ``key`` names the culprit."""
+
+    code = "config_error"
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class JobError(WatcherError):
+    """A job failed; ``code`` goes into the result marker's ``error.code``."""
+
+    code = "internal_error"
+
+
+class InvalidManifest(JobError):
+    code = "invalid_manifest"
+
+
+class MissingInput(JobError):
+    code = "missing_input"
+
+
+class AccessDenied(JobError):
+    code = "access_denied"
+
+
+class TargetConflict(JobError):
+    code = "target_conflict"
+
+
+class StorageError(JobError):
+    code = "storage_error"
+
+
+class InternalError(JobError):
+    code = "internal_error"
+
+
+class JobCancelled(JobError):
+    """The daemon is shutting down and the grace period ran out; the job will run again elsewhere."""
+
+    code = "cancelled"
