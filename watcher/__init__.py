@@ -1,3 +1,3 @@
-"""b2-zip-watcher: turn lists of objects in a B2 (S3-compatible) bucket into streamed ZIP objects."""
+"""b2-zip-watcher: turn lists of objects in a B2 bucket into streamed ZIP objects."""
 
 __version__ = "0.1.0"

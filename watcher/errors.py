@@ -19,7 +19,7 @@ class WatcherError(Exception):
 
 
 class ConfigError(WatcherError):
-    """The configuration (file, environment or command line) is unusable; ``key`` names the culprit."""
+    """The configuration (file, environment, command line) is unusable; ``key`` names it."""
 
     code = "config_error"
 
@@ -59,6 +59,6 @@ class InternalError(JobError):
 
 
 class JobCancelled(JobError):
-    """The daemon is shutting down and the grace period ran out; the job will run again elsewhere."""
+    """Shutdown outlasted the grace period; the job will run again elsewhere."""
 
     code = "cancelled"

@@ -1,0 +1,162 @@
+"""Shared fixtures: a real S3 server over HTTP (moto's, in its own process on 127.0.0.1), buckets,
+an object factory and an independent ZIP verifier."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing-key-id",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key-value",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("moto server did not start listening")
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+    port: int
+
+    def client(self, **config: object):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                **config,
+            ),
+        )
+
+
+@pytest.fixture(autouse=True)
+def _aws_test_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach real AWS credentials or endpoints."""
+    for name, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    for name in (
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server as a separate process on a free loopback port, shared by the session."""
+    port = free_port()
+    env = {**os.environ, **TEST_CREDENTIALS}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        _wait_for_port(port, proc)
+        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}", port=port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server):
+    """A plain boto3 client on the test server (the tests' own, independent of watcher.store)."""
+    return s3_server.client()
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    """A fresh, uniquely named bucket per test, so tests never see each other's objects."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, bucket: str) -> dict[str, str]:
+    """Environment for a watcher process or ``config.load_settings`` pointed at the test server."""
+    return {
+        **TEST_CREDENTIALS,
+        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+        "BUCKET_NAME": bucket,
+    }
+
+
+def put_objects(s3, bucket: str, objects: Mapping[str, bytes]) -> None:
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def deterministic_bytes(seed: int, size: int) -> bytes:
+    """Incompressible but reproducible bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def verify_zip(path: Path, expected: Mapping[str, bytes]) -> zipfile.ZipFile:
+    """Open the ZIP with independent readers and check names, sizes, CRCs and bytes exactly.
+
+    ``zipfile`` always; ``unzip -t`` as well when it is installed.
+    """
+    zf = zipfile.ZipFile(path)
+    infos = {info.filename: info for info in zf.infolist()}
+    assert sorted(infos) == sorted(expected), "entry names differ"
+    for name, body in expected.items():
+        info = infos[name]
+        assert info.file_size == len(body), f"{name}: size {info.file_size} != {len(body)}"
+        assert info.CRC == zlib.crc32(body), f"{name}: CRC differs"
+        assert zf.read(name) == body, f"{name}: content differs"
+    assert zf.testzip() is None
+    if shutil.which("unzip"):
+        result = subprocess.run(["unzip", "-t", "-qq", str(path)], capture_output=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return zf
+
+
+def download(s3, bucket: str, key: str, dest: Path) -> Path:
+    s3.download_file(bucket, key, str(dest))
+    return dest
