@@ -84,11 +84,297 @@ def _cmd_not_built(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def _owner_id() -> str:
+    import secrets
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _services(settings, *, log):
+    """Client, store and claimer for ``settings``, shared by ``run`` and ``demo``."""
+    from watcher.claims import make_claimer
+    from watcher.store import Store, make_client
+
+    client = make_client(
+        settings.s3, max_pool_connections=max(32, 16 * settings.watch.max_concurrent_jobs)
+    )
+    store = Store(client)
+    claimer = make_claimer(
+        settings.watch.coordination,
+        client,
+        settings.watch_bucket,
+        settings.watch.prefix,
+        owner=_owner_id(),
+        lease_seconds=settings.watch.lease_seconds,
+    )
+    if claimer.mode == "single":
+        log.warning(
+            "coordination_single",
+            message="this store supports neither conditional writes nor versions: "
+            "only ONE daemon may watch this prefix",
+        )
+    return store, claimer
+
+
+def _nothing_configured(settings) -> bool:
+    return settings.s3.endpoint_url is None and not (
+        settings.buckets.input or settings.buckets.output or settings.watch.bucket
+    )
+
+
+def _start_local(settings):
+    from watcher.local import LocalS3
+
+    local = LocalS3()
+    local.start()
+    os.environ.update(local.environ())
+    settings = local.settings(settings)
+    from watcher.store import make_client
+
+    local.seed(make_client(settings.s3))
+    return local, settings
+
+
+def _local_instructions(local) -> str:
+    env = " ".join(f"{k}={v}" for k, v in local.environ().items())
+    return (
+        f"Embedded S3 server at {local.endpoint_url}, bucket '{local.bucket}' (samples inside).\n"
+        "Submit a job from another shell with:\n"
+        f"  {env} .venv/bin/b2-zip-watcher submit examples/sample-manifest.json --wait\n"
+        "Stop with Ctrl-C."
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from watcher.daemon import Daemon
+    from watcher.logs import configure_logging
+
+    settings = _settings(args)
+    local = None
+    if args.local or _nothing_configured(settings):
+        local, settings = _start_local(settings)
+        print(_local_instructions(local), file=sys.stderr, flush=True)
+    log = configure_logging(settings.logging, secrets=_secret_values(settings))
+    try:
+        store, claimer = _services(settings, log=log)
+        metrics = _metrics(store)
+        daemon = Daemon(settings, store, claimer, metrics=metrics, log=log)
+        http = _start_http(settings, store, daemon, metrics, log=log)
+
+        def on_signal(signum: int, _frame: object) -> None:
+            daemon.request_stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            return daemon.run()
+        finally:
+            if http is not None:
+                http.stop()
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _secret_values(settings) -> list[str]:
+    values = [s.reveal() for s in (settings.http.shared_secret, settings.http.b2_event_secret) if s]
+    values += [os.environ[k] for k in ("AWS_SECRET_ACCESS_KEY",) if os.environ.get(k)]
+    return values
+
+
+def _metrics(store):
+    from watcher.metrics import Metrics
+
+    return Metrics(request_counts=store.request_counts)
+
+
+def _start_http(settings, store, daemon, metrics, *, log):
+    if not settings.http.enabled:
+        return None
+    from watcher.api import HttpServer, make_app
+    from watcher.service import DaemonBackend
+
+    backend = DaemonBackend(store, settings, daemon)
+    app = make_app(
+        shared_secret=settings.http.shared_secret.reveal() if settings.http.shared_secret else None,
+        b2_event_secret=(
+            settings.http.b2_event_secret.reveal() if settings.http.b2_event_secret else None
+        ),
+        backend=backend,
+        metrics=metrics,
+    )
+    server = HttpServer(app, settings.http.host, settings.http.port)
+    server.start()
+    log.info("http_listening", host=settings.http.host, port=server.port)
+    return server
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from watcher.intake import submit_manifest
+    from watcher.logs import configure_logging
+
+    settings = _settings(args)
+    log = configure_logging(settings.logging, secrets=_secret_values(settings))
+    store = _services_store_only(settings)
+    raw = _read_manifest_file(args.manifest)
+    submitted = submit_manifest(store, settings, raw)
+    log.debug("submitted", job_id=submitted.job_id)
+    print(
+        f"submitted job {submitted.job_id}: s3://{settings.watch_bucket}/"
+        f"{submitted.manifest_key} -> s3://{settings.buckets.output}/{submitted.target}"
+    )
+    if not args.wait:
+        return EXIT_OK
+    return _follow(store, settings, submitted.target, submitted.job_id)
+
+
+def _services_store_only(settings):
+    from watcher.store import Store, make_client
+
+    return Store(make_client(settings.s3))
+
+
+def _follow(store, settings, target: str, job_id: str, *, timeout: float | None = None) -> int:
+    """Show progress from the status marker until this job's result marker exists."""
+    import json
+    import time
+
+    from watcher.markers import result_key, status_key
+
+    bucket = settings.buckets.output
+    tty = sys.stdout.isatty()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_line = ""
+    while deadline is None or time.monotonic() < deadline:
+        raw = store.get_bytes(bucket, result_key(target), max_bytes=1 << 30)
+        result = json.loads(raw) if raw else None
+        if result is not None and result.get("job_id") == job_id:
+            if tty:
+                print()
+            return _print_result(result)
+        raw = store.get_bytes(bucket, status_key(target), max_bytes=1 << 20)
+        status = json.loads(raw) if raw else None
+        if status is not None and status.get("job_id") == job_id:
+            line = _progress_line(status)
+            if tty:
+                print("\r" + line.ljust(len(last_line)), end="", flush=True)
+            elif line != last_line:
+                print(line, flush=True)
+            last_line = line
+        time.sleep(1.0)
+    print(f"b2-zip-watcher: gave up waiting for job {job_id}", file=sys.stderr)
+    return EXIT_JOB_FAILED
+
+
+def _progress_line(status: dict) -> str:
+    total = status.get("files_total") or 0
+    done = status.get("files_done") or 0
+    width = 30
+    filled = int(width * done / total) if total else 0
+    mib = (status.get("bytes_read") or 0) / (1 << 20)
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files, "
+        f"{mib:.1f} MiB read, {status.get('state')}"
+    )
+
+
+def _print_result(result: dict) -> int:
+    error = result.get("error")
+    if result.get("state") == "succeeded":
+        print(
+            f"succeeded: s3://{result.get('bucket')}/{result.get('target')} "
+            f"({result.get('files_done')} files, {result.get('bytes_written')} bytes, "
+            f"{result.get('duration_seconds')} s)"
+        )
+        return EXIT_OK
+    print(f"failed: {error.get('code') if error else '?'}: {error.get('message') if error else ''}")
+    return EXIT_JOB_FAILED
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from watcher.markers import result_key, status_key
+
+    settings = _settings(args)
+    store = _services_store_only(settings)
+    bucket = settings.buckets.output
+    for key in (result_key(args.target), status_key(args.target)):
+        raw = store.get_bytes(bucket, key, max_bytes=1 << 30)
+        if raw is not None:
+            print(json.dumps(json.loads(raw), indent=2, ensure_ascii=False))
+            return EXIT_OK
+    print(
+        f"b2-zip-watcher: no status or result marker for s3://{bucket}/{args.target}",
+        file=sys.stderr,
+    )
+    return EXIT_JOB_FAILED
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Embedded server, sample objects, one manifest dropped, the result shown; then exit."""
+    import dataclasses
+    import io
+    import json
+    import threading
+    import zipfile
+
+    from watcher.daemon import Daemon
+    from watcher.intake import submit_manifest
+    from watcher.local import sample_manifest_bytes
+    from watcher.logs import configure_logging
+
+    settings = _settings(args)
+    local, settings = _start_local(settings)
+    settings = dataclasses.replace(
+        settings,
+        watch=dataclasses.replace(
+            settings.watch, interval_seconds=1.0, max_idle_interval_seconds=2.0
+        ),
+    )
+    log = configure_logging(settings.logging, secrets=_secret_values(settings))
+    try:
+        store, claimer = _services(settings, log=log)
+        daemon = Daemon(settings, store, claimer, log=log)
+        daemon.start()
+        submitted = submit_manifest(store, settings, sample_manifest_bytes())
+        daemon.wake()
+        print(f"demo: dropped s3://{settings.watch_bucket}/{submitted.manifest_key}")
+        code = _follow(store, settings, submitted.target, submitted.job_id, timeout=args.timeout)
+        from watcher.markers import result_key
+
+        marker = store.get_bytes(
+            settings.buckets.output, result_key(submitted.target), max_bytes=1 << 24
+        )
+        if marker:
+            print(f"\nresult marker s3://{settings.buckets.output}/{result_key(submitted.target)}:")
+            print(json.dumps(json.loads(marker), indent=2, ensure_ascii=False))
+        if code == EXIT_OK:
+            body = store.get_bytes(settings.buckets.output, submitted.target, max_bytes=1 << 30)
+            print(f"\nZIP listing of s3://{settings.buckets.output}/{submitted.target}:")
+            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                for info in archive.infolist():
+                    print(f"  {info.file_size:>10}  {info.date_time}  {info.filename}")
+                bad = archive.testzip()
+            if bad is not None:
+                print(f"demo: entry {bad} failed its CRC check", file=sys.stderr)
+                code = EXIT_JOB_FAILED
+        stopper = threading.Thread(target=daemon.shutdown)
+        stopper.start()
+        stopper.join()
+        return code
+    finally:
+        local.stop()
+
+
 _HANDLERS = {
-    "run": _cmd_not_built,
+    "run": _cmd_run,
     "zip": _cmd_not_built,
-    "submit": _cmd_not_built,
-    "status": _cmd_not_built,
+    "submit": _cmd_submit,
+    "status": _cmd_status,
     "check": _cmd_not_built,
-    "demo": _cmd_not_built,
+    "demo": _cmd_demo,
 }
