@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# With no S3 endpoint or bucket configured, `run` starts the embedded local S3 server.
+run: $(STAMP)
+	$(BIN)/b2-zip-watcher run
+
+demo: $(STAMP)
+	$(BIN)/b2-zip-watcher demo
+
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak
 
