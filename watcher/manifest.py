@@ -1,0 +1,262 @@
+"""Parse and validate a job manifest (CONTRACT §3). Pure: bytes in, a frozen Manifest out.
+
+Everything a manifest can get wrong is caught here, before anything is written anywhere, and
+reported as :class:`InvalidManifest` (or :class:`TargetConflict` for an unusable target) with a
+message that names the culprit: the field, the index in ``files``, the offending name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from watcher.errors import InvalidManifest, TargetConflict
+
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_ENTRIES = 100_000
+MAX_KEY_BYTES = 1024
+COMPRESSIONS = ("auto", "deflate", "store")
+MISSING_MODES = ("fail", "skip")
+_FIELDS = {"files", "target", "compression", "missing", "id"}
+_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One item of ``files``: either a single ``key`` or a whole ``prefix``, and its entry name."""
+
+    key: str | None
+    prefix: str | None
+    name: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: tuple[FileSpec, ...]
+    target: str
+    compression: str | None
+    missing: str | None
+    id: str | None
+
+
+def _show(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate_entry_name(name: str) -> str | None:
+    """Why ``name`` is not a safe ZIP entry name, or None when it is."""
+    if not name:
+        return "is empty"
+    if name.startswith("/"):
+        return "is absolute"
+    if "\\" in name:
+        return "contains a backslash"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "contains a NUL or control character"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return "contains a lone surrogate"
+    if ".." in name.split("/"):
+        return "contains a '..' segment"
+    if len(name.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} bytes"
+    if re.match(r"^[A-Za-z]:", name):
+        return "starts with a drive letter"
+    return None
+
+
+def _check_key(key: str, where: str) -> None:
+    if not key:
+        raise InvalidManifest(f"{where}: the key is empty")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in key) or "\x00" in key:
+        raise InvalidManifest(f"{where}: the key {_show(key)} is not valid UTF-8 text")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidManifest(f"{where}: the key is longer than {MAX_KEY_BYTES} bytes")
+
+
+def _check_name(name: str, where: str) -> None:
+    reason = validate_entry_name(name)
+    if reason is not None:
+        raise InvalidManifest(f"{where}: entry name {_show(name)} {reason}")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise InvalidManifest(f"the JSON object has the field {_show(key)} twice")
+        seen[key] = value
+    return seen
+
+
+def _depth_ok(text: str) -> bool:
+    """Cheap guard before json.loads: nesting deeper than any manifest needs is rejected."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > _MAX_DEPTH:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """Bytes → the manifest's JSON object, or InvalidManifest saying why not."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidManifest(f"the manifest is not UTF-8 (byte {exc.start})") from None
+    if not _depth_ok(text):
+        raise InvalidManifest(f"the manifest nests deeper than {_MAX_DEPTH} levels")
+    try:
+        document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except InvalidManifest:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise InvalidManifest(f"the manifest is not valid JSON: {_show(str(exc), 120)}") from None
+    if not isinstance(document, dict):
+        raise InvalidManifest("the manifest must be a JSON object")
+    return document
+
+
+def _optional_choice(document: dict, field: str, choices: tuple[str, ...]) -> str | None:
+    value = document.get(field)
+    if value is None:
+        return None
+    if value not in choices:
+        raise InvalidManifest(f"{field}: must be one of {', '.join(choices)}, not {_show(value)}")
+    return value
+
+
+def _file_spec(item: object, index: int) -> FileSpec:
+    where = f"files[{index}]"
+    if isinstance(item, str):
+        _check_key(item, where)
+        if item.endswith("/"):
+            raise InvalidManifest(f"{where}: {_show(item)} ends with '/': use {{\"prefix\": ...}}")
+        _check_name(item, where)
+        return FileSpec(key=item, prefix=None, name=item)
+    if not isinstance(item, dict):
+        raise InvalidManifest(f"{where}: must be a key string or an object, not {_show(item)}")
+    kinds = [k for k in ("key", "prefix") if k in item]
+    if len(kinds) != 1:
+        raise InvalidManifest(f"{where}: needs exactly one of 'key' or 'prefix'")
+    unknown = set(item) - {kinds[0], "name"}
+    if unknown:
+        raise InvalidManifest(f"{where}: unknown field {_show(sorted(unknown)[0])}")
+    value = item[kinds[0]]
+    if not isinstance(value, str):
+        raise InvalidManifest(f"{where}.{kinds[0]}: must be a string, not {_show(value)}")
+    _check_key(value, f"{where}.{kinds[0]}")
+    name = item.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidManifest(f"{where}.name: must be a string, not {_show(name)}")
+    if kinds[0] == "key":
+        name = value if name is None else name
+        if name.endswith("/"):
+            raise InvalidManifest(f"{where}.name: {_show(name)} ends with '/': not a file name")
+        _check_name(name, f"{where}.name")
+        return FileSpec(key=value, prefix=None, name=name)
+    name = value if name is None else name
+    if name:
+        # A prefix's name is a directory part; check it as a name with a stand-in remainder.
+        _check_name(name + "x", f"{where}.name")
+    return FileSpec(key=None, prefix=value, name=name)
+
+
+def check_target(target: object, *, requests_prefix: str) -> str:
+    if not isinstance(target, str):
+        raise InvalidManifest(f"target: must be a string, not {_show(target)}")
+    if not target or target.endswith("/"):
+        raise InvalidManifest(f"target: {_show(target)} is not an object key")
+    _check_key(target, "target")
+    if target.startswith(requests_prefix):
+        raise TargetConflict(f"target: {_show(target)} is inside the requests prefix")
+    return target
+
+
+def parse_manifest(raw: bytes, *, requests_prefix: str) -> Manifest:
+    """Validate ``raw`` completely; raise InvalidManifest/TargetConflict naming the problem."""
+    document = decode(raw)
+    unknown = set(document) - _FIELDS
+    if unknown:
+        raise InvalidManifest(f"unknown field {_show(sorted(unknown)[0])}")
+    for field in ("files", "target"):
+        if field not in document:
+            raise InvalidManifest(f"{field}: is required")
+    files = document["files"]
+    if not isinstance(files, list):
+        raise InvalidManifest(f"files: must be a list, not {_show(files)}")
+    if not files:
+        raise InvalidManifest("files: must not be empty")
+    if len(files) > MAX_ENTRIES:
+        raise InvalidManifest(f"files: more than {MAX_ENTRIES} entries")
+    specs = tuple(_file_spec(item, i) for i, item in enumerate(files))
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        if spec.key is None:
+            continue
+        if spec.name in seen:
+            raise InvalidManifest(
+                f"files[{i}]: entry name {_show(spec.name)} is used by files[{seen[spec.name]}] too"
+            )
+        seen[spec.name] = i
+    target = check_target(document["target"], requests_prefix=requests_prefix)
+    for i, spec in enumerate(specs):
+        if spec.key == target:
+            raise TargetConflict(f"target: {_show(target)} is also an input (files[{i}])")
+    job_id = document.get("id")
+    if job_id is not None and (not isinstance(job_id, str) or not _ID_RE.fullmatch(job_id)):
+        raise InvalidManifest(
+            f"id: {_show(job_id)} must be 1-128 characters of A-Z a-z 0-9 . _ - "
+            "(not starting with '.')"
+        )
+    return Manifest(
+        files=specs,
+        target=target,
+        compression=_optional_choice(document, "compression", COMPRESSIONS),
+        missing=_optional_choice(document, "missing", MISSING_MODES),
+        id=job_id,
+    )
+
+
+def job_id_for(manifest: Manifest | None, manifest_key: str | None) -> str:
+    """The manifest's ``id``; else one derived from its key (stable across retries); else random."""
+    if manifest is not None and manifest.id is not None:
+        return manifest.id
+    if manifest_key:
+        stem = manifest_key.rsplit("/", 1)[-1].removesuffix(".json")
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")[:100] or "job"
+        digest = hashlib.sha256(manifest_key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        return f"{stem}-{digest}"
+    return uuid.uuid4().hex
+
+
+def guess_target(raw: bytes, *, requests_prefix: str) -> str | None:
+    """The target of a rejected manifest when it names a usable one, so a marker can be written."""
+    try:
+        document = decode(raw)
+        return check_target(document.get("target"), requests_prefix=requests_prefix)
+    except (InvalidManifest, TargetConflict):
+        return None
