@@ -1,0 +1,127 @@
+"""One job, end to end: manifest bytes in, a ZIP and its markers out.
+
+``run_job`` is what both the daemon and ``b2-zip-watcher zip`` call. A job's failure is data: it
+returns an :class:`Outcome` and has written the result marker (when the manifest named a usable
+target). Only :class:`JobCancelled` propagates — after the upload was aborted and with no result
+marker, because a cancelled job is run again, here or by another daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from watcher.errors import InternalError, JobCancelled, JobError
+from watcher.manifest import guess_target, job_id_for, parse_manifest
+from watcher.markers import JobInfo, MarkerWriter, Progress
+from watcher.pipeline import MiB, PipelineLimits, write_zip
+from watcher.plan import build_plan
+
+if TYPE_CHECKING:
+    from watcher.config import Settings
+    from watcher.store import Store
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: str
+    state: str  # "succeeded" | "failed"
+    target: str | None
+    error: JobError | None
+    result: dict[str, Any] | None
+
+
+def limits_from(settings: Settings) -> PipelineLimits:
+    pipeline = settings.pipeline
+    return PipelineLimits(
+        read_ahead_bytes=pipeline.read_ahead_bytes,
+        max_parallel_gets=pipeline.max_parallel_gets,
+        upload_concurrency=pipeline.upload_concurrency,
+        minimum_part=max(8, pipeline.part_size_mib or 8) * MiB,
+    )
+
+
+def run_job(
+    store: Store,
+    settings: Settings,
+    raw_manifest: bytes,
+    *,
+    manifest_key: str | None,
+    job_id: str | None = None,
+    cancel: Any = None,
+    log: Any = None,
+    on_start: Callable[[str, str, str | None], None] | None = None,
+) -> Outcome:
+    """Run the manifest ``raw_manifest``; see the module docstring for what is guaranteed."""
+    log = log or structlog.get_logger("watcher.job")
+    prefix = settings.watch.prefix
+    output = settings.buckets.output
+    started = time.monotonic()
+    try:
+        manifest = parse_manifest(raw_manifest, requests_prefix=prefix)
+    except JobError as exc:
+        job_id = job_id or job_id_for(None, manifest_key)
+        log = log.bind(job_id=job_id)
+        target = guess_target(raw_manifest, requests_prefix=prefix)
+        log.error("manifest_rejected", code=exc.code, error=exc.message, target=target)
+        result = None
+        if target is not None:
+            info = JobInfo(job_id, target, output, manifest_key, datetime.now(UTC))
+            result = MarkerWriter(store, info, Progress(), log=log).finished(exc)
+        return Outcome(job_id, "failed", target, exc, result)
+
+    job_id = job_id or job_id_for(manifest, manifest_key)
+    log = log.bind(job_id=job_id)
+    info = JobInfo(job_id, manifest.target, output, manifest_key, datetime.now(UTC))
+    progress = Progress(files_total=len(manifest.files))
+    markers = MarkerWriter(store, info, progress, log=log)
+    log.info("job_started", target=manifest.target, bucket=output, manifest=manifest_key)
+    error: JobError | None = None
+    try:
+        if on_start is not None:
+            on_start(job_id, manifest.target, manifest_key)
+        markers.started()
+        plan = build_plan(
+            manifest,
+            lambda p: store.list_objects(settings.buckets.input, p),
+            defaults=settings.zip,
+            target_key=manifest.target,
+            same_bucket=settings.buckets.input == output,
+        )
+        write_zip(
+            plan,
+            store,
+            input_bucket=settings.buckets.input,
+            output_bucket=output,
+            target=manifest.target,
+            progress=progress,
+            limits=limits_from(settings),
+            cancel=cancel,
+        )
+    except JobCancelled:
+        markers.stop()
+        log.warning("job_cancelled")
+        raise
+    except JobError as exc:
+        error = exc
+    except Exception:
+        log.exception("job_internal_error")
+        error = InternalError("an internal error stopped the job; see the daemon's log")
+    result = markers.finished(error)
+    state = result["state"]
+    log.info(
+        "job_finished",
+        state=state,
+        code=None if error is None else error.code,
+        error=None if error is None else error.message,
+        files=progress.files_done,
+        bytes_read=progress.bytes_read,
+        bytes_written=progress.bytes_written,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return Outcome(job_id, state, manifest.target, error, result)
