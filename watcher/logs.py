@@ -1,0 +1,80 @@
+"""structlog set-up, once, at the entry point: one event per line, JSON when not on a TTY.
+
+Library loggers (botocore, apscheduler, waitress) go through the same renderer at WARNING and
+above. Configured secret values are scrubbed from every event as a last line of defence; the code
+never logs them on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import IO, TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from watcher.config import LoggingSettings
+
+REDACTED = "<SECRET>"
+
+
+def _redactor(secrets: list[str]) -> Any:
+    def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        if not secrets:
+            return event
+        for key, value in event.items():
+            text = value if isinstance(value, str) else None
+            if text is None and not isinstance(value, (int, float, bool, type(None))):
+                text = str(value)
+            if text is not None and any(s in text for s in secrets):
+                for secret in secrets:
+                    text = text.replace(secret, REDACTED)
+                event[key] = text
+        return event
+
+    return redact
+
+
+def configure_logging(
+    settings: LoggingSettings, *, secrets: Iterable[str] = (), stream: IO[str] | None = None
+) -> Any:
+    """Configure structlog and stdlib logging; return the daemon's root bound logger."""
+    stream = stream or sys.stdout
+    level = logging.getLevelName(settings.level.upper())
+    use_json = settings.format == "json" or (
+        settings.format == "auto" and not getattr(stream, "isatty", lambda: False)()
+    )
+    secret_list = [s for s in secrets if s and len(s) >= 4]
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info
+        if use_json
+        else structlog.processors.StackInfoRenderer(),
+        _redactor(secret_list),
+    ]
+    renderer = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+    )
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(level, logging.WARNING))
+    return structlog.get_logger("watcher")
