@@ -66,10 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _settings(args: argparse.Namespace, environ: dict[str, str] | None = None):
-    from watcher.config import load_settings
+def _settings(args: argparse.Namespace):
+    """Settings from --config, the environment and ./.env (whose AWS credentials boto3 needs)."""
+    from watcher.config import dotenv_credentials, load_settings
 
-    return load_settings(getattr(args, "config", None), os.environ if environ is None else environ)
+    os.environ.update(dotenv_credentials(os.environ))
+    return load_settings(getattr(args, "config", None), os.environ)
 
 
 def _read_manifest_file(path: str) -> bytes:
@@ -77,11 +79,6 @@ def _read_manifest_file(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError("MANIFEST.json", f"cannot read {path}: {exc.strerror}") from None
-
-
-def _cmd_not_built(args: argparse.Namespace) -> int:
-    print(f"b2-zip-watcher: '{args.command}' is not available in this build", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def _owner_id() -> str:
@@ -370,11 +367,71 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         local.stop()
 
 
+def _cmd_zip(args: argparse.Namespace) -> int:
+    """One job in the foreground: the daemon's pipeline and markers, no claims."""
+    from watcher.job import run_job
+    from watcher.logs import configure_logging
+    from watcher.store import Store, make_client
+
+    settings = _settings(args)
+    _require_buckets(settings)
+    raw = _read_manifest_file(args.manifest)
+    log = configure_logging(settings.logging, secrets=_secret_values(settings))
+    store = Store(make_client(settings.s3, max_pool_connections=64))
+    outcome = run_job(store, settings, raw, manifest_key=None, log=log)
+    result = outcome.result or {}
+    if outcome.state == "succeeded":
+        print(
+            f"succeeded: s3://{settings.buckets.output}/{outcome.target} "
+            f"({result.get('files_done')} files, {result.get('bytes_read')} bytes in, "
+            f"{result.get('bytes_written')} bytes out, {result.get('duration_seconds')} s)"
+        )
+        return EXIT_OK
+    assert outcome.error is not None
+    print(f"failed: {outcome.error.code}: {outcome.error.message}", file=sys.stderr)
+    return EXIT_JOB_FAILED
+
+
+def _require_buckets(settings) -> None:
+    if not settings.buckets.input:
+        raise ConfigError("buckets.input", "is not set (or INPUT_BUCKET_NAME / BUCKET_NAME)")
+    if not settings.buckets.output:
+        raise ConfigError("buckets.output", "is not set (or OUTPUT_BUCKET_NAME / BUCKET_NAME)")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Validate the configuration, then reach every bucket it names; one line per check."""
+    from watcher.store import Store, make_client
+
+    settings = _settings(args)
+    print(f"configuration: ok (endpoint {settings.s3.endpoint_url or 'AWS default'})")
+    problems = 0
+    names = {
+        "buckets.input": settings.buckets.input,
+        "buckets.output": settings.buckets.output,
+        "watch.bucket": settings.watch_bucket,
+    }
+    store = Store(make_client(settings.s3, connect_timeout=5, read_timeout=10))
+    for key, bucket in names.items():
+        if not bucket:
+            print(f"{key}: not set")
+            problems += 1
+            continue
+        try:
+            store.head_bucket(bucket)
+            next(iter(store.list_objects(bucket, settings.watch.prefix)), None)
+            print(f"{key}: ok (s3://{bucket})")
+        except WatcherError as exc:
+            print(f"{key}: s3://{bucket}: {exc.code}: {exc.message}")
+            problems += 1
+    return EXIT_USAGE if problems else EXIT_OK
+
+
 _HANDLERS = {
     "run": _cmd_run,
-    "zip": _cmd_not_built,
+    "zip": _cmd_zip,
     "submit": _cmd_submit,
     "status": _cmd_status,
-    "check": _cmd_not_built,
+    "check": _cmd_check,
     "demo": _cmd_demo,
 }
