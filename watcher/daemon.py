@@ -294,16 +294,24 @@ class Daemon:
                 log.info("manifest_gone")
                 return
             cancel = _either(running.cancel, self._cancel_now)
-            outcome = run_job(
-                self.store,
-                self.settings,
-                raw,
-                manifest_key=obj.key,
-                cancel=cancel,
-                log=log,
-                on_start=self._on_job_start,
-                metrics=self.metrics,
-            )
+            if self.metrics is not None:
+                self.metrics.job_started()
+            try:
+                outcome = run_job(
+                    self.store,
+                    self.settings,
+                    raw,
+                    manifest_key=obj.key,
+                    cancel=cancel,
+                    log=log,
+                    on_start=self._on_job_start,
+                )
+            except BaseException:
+                if self.metrics is not None:
+                    self.metrics.jobs_running.dec()
+                raise
+            if self.metrics is not None:
+                self.metrics.observe_outcome(outcome)
             self._file(obj.key, succeeded=outcome.state == "succeeded")
         except JobCancelled:
             log.warning("job_cancelled", claim_lost=running.claim_lost)
@@ -322,7 +330,17 @@ class Daemon:
             self._wake.set()
 
     def _on_job_start(self, job_id: str, target: str, manifest_key: str | None) -> None:
+        """Index the job for ``GET /jobs/<id>`` and abort uploads a dead earlier run left behind.
+
+        We hold the manifest's claim, so any unfinished upload of this target belongs to a run of
+        it that died (B2 would otherwise keep its parts, and bill them, indefinitely).
+        """
         intake.record_job(self.store, self.settings, job_id, target, manifest_key)
+        output = self.settings.buckets.output
+        for upload in self.store.list_multipart_uploads(output, target):
+            if upload["Key"] == target:
+                self.store.abort_upload(output, target, upload["UploadId"])
+                self.log.info("stale_upload_aborted", job_id=job_id, target=target)
 
     def _already_filed(self, obj: Any) -> bool:
         """True when a previous run finished this very manifest but died before deleting it.
