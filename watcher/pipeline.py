@@ -82,14 +82,14 @@ def part_size(known_bytes: int, part_number: int, minimum: int = MIN_PART) -> in
     """Size of part ``part_number`` (1-based) for an archive planned at ``known_bytes``.
 
     At least ``minimum`` (8 MiB; B2's floor is 5 MB) and big enough that 9,000 parts carry the
-    planned size; past part 9,000 sizes double every 250 parts, in case entries whose size was
-    unknown when planning made the archive bigger. Never above S3's 5 GiB per part.
+    planned size. Entries whose size is unknown when planning (plain keys: no HEAD is spent on
+    them) can make the archive bigger than planned, so the floor also doubles every 1,000 parts:
+    10,000 parts then reach past S3's 5 TiB object limit whatever was planned. Never above
+    5 GiB per part.
     """
     base = max(minimum, -(-known_bytes // 9000))
     base = -(-base // MiB) * MiB
-    if part_number > 9000:
-        base <<= min(20, (part_number - 9000) // 250 + 1)
-    return min(MAX_PART, base)
+    return min(MAX_PART, max(base, minimum << ((part_number - 1) // 1000)))
 
 
 def deflate_level(level: int) -> int:

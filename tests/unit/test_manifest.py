@@ -1,0 +1,279 @@
+"""Manifest validation (CONTRACT §3): every rejected case names its culprit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watcher.errors import InvalidManifest, TargetConflict
+from watcher.manifest import (
+    MAX_ENTRIES,
+    MAX_MANIFEST_BYTES,
+    FileSpec,
+    guess_target,
+    job_id_for,
+    parse_manifest,
+    validate_entry_name,
+)
+
+PREFIX = "zip-requests/"
+
+
+def parse(document: object) -> object:
+    raw = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return parse_manifest(raw, requests_prefix=PREFIX)
+
+
+def ok(**extra: object) -> dict:
+    return {"files": ["a.txt"], "target": "out/a.zip", **extra}
+
+
+REJECTED = [
+    # (case, document, code, text the message must contain)
+    ("not json", b"{nope", "invalid_manifest", "not valid JSON"),
+    ("not utf-8", b'{"files": ["\xff"]}', "invalid_manifest", "UTF-8"),
+    ("not an object", [1, 2], "invalid_manifest", "JSON object"),
+    ("unknown field", ok(colour="red"), "invalid_manifest", "colour"),
+    ("files missing", {"target": "t.zip"}, "invalid_manifest", "files"),
+    ("target missing", {"files": ["a"]}, "invalid_manifest", "target"),
+    ("files not a list", {"files": "a", "target": "t.zip"}, "invalid_manifest", "files"),
+    ("files empty", {"files": [], "target": "t.zip"}, "invalid_manifest", "files"),
+    ("entry wrong type", {"files": [3], "target": "t.zip"}, "invalid_manifest", "files[0]"),
+    (
+        "entry unknown field",
+        {"files": [{"key": "a", "size": 1}], "target": "t.zip"},
+        "invalid_manifest",
+        "size",
+    ),
+    (
+        "entry key and prefix",
+        {"files": [{"key": "a", "prefix": "b/"}], "target": "t.zip"},
+        "invalid_manifest",
+        "files[0]",
+    ),
+    (
+        "entry neither",
+        {"files": [{"name": "a"}], "target": "t.zip"},
+        "invalid_manifest",
+        "files[0]",
+    ),
+    (
+        "key not string",
+        {"files": [{"key": 5}], "target": "t.zip"},
+        "invalid_manifest",
+        "files[0].key",
+    ),
+    ("empty key", {"files": [""], "target": "t.zip"}, "invalid_manifest", "files[0]"),
+    (
+        "absolute name",
+        {"files": ["/etc/passwd"], "target": "t.zip"},
+        "invalid_manifest",
+        "absolute",
+    ),
+    (
+        "dotdot name",
+        {"files": [{"key": "a", "name": "x/../../y"}], "target": "t.zip"},
+        "invalid_manifest",
+        "'..'",
+    ),
+    (
+        "backslash name",
+        {"files": [{"key": "a", "name": "x\\y"}], "target": "t.zip"},
+        "invalid_manifest",
+        "backslash",
+    ),
+    (
+        "nul name",
+        {"files": [{"key": "a", "name": "x\u0000y"}], "target": "t.zip"},
+        "invalid_manifest",
+        "control",
+    ),
+    (
+        "control name",
+        {"files": [{"key": "a", "name": "x\u001by"}], "target": "t.zip"},
+        "invalid_manifest",
+        "control",
+    ),
+    (
+        "empty name",
+        {"files": [{"key": "a", "name": ""}], "target": "t.zip"},
+        "invalid_manifest",
+        "empty",
+    ),
+    (
+        "name not string",
+        {"files": [{"key": "a", "name": 1}], "target": "t.zip"},
+        "invalid_manifest",
+        "files[0].name",
+    ),
+    (
+        "directory name",
+        {"files": [{"key": "a", "name": "dir/"}], "target": "t.zip"},
+        "invalid_manifest",
+        "dir/",
+    ),
+    (
+        "duplicate names",
+        {"files": ["a", {"key": "b", "name": "a"}], "target": "t.zip"},
+        "invalid_manifest",
+        "files[1]",
+    ),
+    (
+        "unsafe prefix name",
+        {"files": [{"prefix": "p/", "name": "../"}], "target": "t.zip"},
+        "invalid_manifest",
+        "'..'",
+    ),
+    ("target not string", {"files": ["a"], "target": 7}, "invalid_manifest", "target"),
+    ("target empty", {"files": ["a"], "target": ""}, "invalid_manifest", "target"),
+    ("target folder", {"files": ["a"], "target": "out/"}, "invalid_manifest", "target"),
+    (
+        "target in requests prefix",
+        {"files": ["a"], "target": PREFIX + "x.zip"},
+        "target_conflict",
+        "requests prefix",
+    ),
+    (
+        "target is an input",
+        {"files": ["a", "out.zip"], "target": "out.zip"},
+        "target_conflict",
+        "files[1]",
+    ),
+    ("bad compression", ok(compression="zstd"), "invalid_manifest", "compression"),
+    ("bad missing", ok(missing="ignore"), "invalid_manifest", "missing"),
+    ("bad id", ok(id="../x"), "invalid_manifest", "id"),
+    (
+        "duplicate json field",
+        b'{"files": ["a"], "target": "t", "target": "u"}',
+        "invalid_manifest",
+        "target",
+    ),
+    ("too deep", b"[" * 5000 + b"]" * 5000, "invalid_manifest", "deeper"),
+    (
+        "too many entries",
+        {"files": [f"k{i}" for i in range(MAX_ENTRIES + 1)], "target": "t"},
+        "invalid_manifest",
+        str(MAX_ENTRIES),
+    ),
+    ("too large", b" " * (MAX_MANIFEST_BYTES + 1), "invalid_manifest", "larger"),
+    ("long key", {"files": ["k" * 1100], "target": "t.zip"}, "invalid_manifest", "1024"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "document", "code", "needle"), REJECTED, ids=[r[0] for r in REJECTED]
+)
+def test_rejected_manifest_has_code_and_names_the_culprit(case, document, code, needle):
+    with pytest.raises((InvalidManifest, TargetConflict)) as info:
+        parse(document)
+    assert info.value.code == code
+    assert needle in info.value.message
+    assert len(info.value.message) < 400
+
+
+def test_every_accepted_form_parses_into_file_specs():
+    manifest = parse(
+        {
+            "files": [
+                "path/to/first/file.pdf",
+                {"key": "path/to/second.txt", "name": "docs/second.txt"},
+                {"prefix": "photos/2024/", "name": "2024/"},
+                {"prefix": "raw/"},
+                {"key": "caf\u00e9/\u65e5\u672c\u8a9e-\U0001f600.txt"},
+                {"key": "e\u0301.txt", "name": "\u00e9 combined.txt"},
+            ],
+            "target": "path/to/output/file.zip",
+            "compression": "store",
+            "missing": "skip",
+            "id": "client-id_1.0",
+        }
+    )
+    assert manifest.files == (
+        FileSpec("path/to/first/file.pdf", None, "path/to/first/file.pdf"),
+        FileSpec("path/to/second.txt", None, "docs/second.txt"),
+        FileSpec(None, "photos/2024/", "2024/"),
+        FileSpec(None, "raw/", "raw/"),
+        FileSpec(
+            "caf\u00e9/\u65e5\u672c\u8a9e-\U0001f600.txt",
+            None,
+            "caf\u00e9/\u65e5\u672c\u8a9e-\U0001f600.txt",
+        ),
+        FileSpec("e\u0301.txt", None, "\u00e9 combined.txt"),
+    )
+    assert (manifest.target, manifest.compression, manifest.missing, manifest.id) == (
+        "path/to/output/file.zip",
+        "store",
+        "skip",
+        "client-id_1.0",
+    )
+
+
+def test_same_key_under_two_names_is_allowed():
+    manifest = parse({"files": ["a", {"key": "a", "name": "copy/a"}], "target": "t.zip"})
+    assert [f.name for f in manifest.files] == ["a", "copy/a"]
+
+
+def test_job_id_is_stable_for_a_manifest_key_and_the_id_field_wins():
+    manifest = parse(ok())
+    first = job_id_for(manifest, PREFIX + "nightly backup.json")
+    assert first == job_id_for(manifest, PREFIX + "nightly backup.json")
+    assert first.startswith("nightly_backup-")
+    assert first != job_id_for(manifest, PREFIX + "other.json")
+    assert job_id_for(parse(ok(id="mine")), PREFIX + "x.json") == "mine"
+    assert job_id_for(None, None) != job_id_for(None, None)
+
+
+def test_guess_target_only_returns_usable_targets():
+    assert guess_target(b'{"files": [], "target": "out/x.zip"}', requests_prefix=PREFIX) == (
+        "out/x.zip"
+    )
+    assert guess_target(b"{broken", requests_prefix=PREFIX) is None
+    assert guess_target(b'{"target": "zip-requests/x.zip"}', requests_prefix=PREFIX) is None
+    assert guess_target(b'{"target": 5}', requests_prefix=PREFIX) is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["files", "target", "key", "prefix", "name", "id", "missing", "compression", "x"]
+            )
+            | st.text(),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_arbitrary_json_is_either_accepted_or_rejected_cleanly(value):
+    raw = json.dumps(value).encode()
+    try:
+        manifest = parse_manifest(raw, requests_prefix=PREFIX)
+    except (InvalidManifest, TargetConflict) as exc:
+        assert exc.message
+        return
+    for spec in manifest.files:
+        if spec.key is not None:
+            assert validate_entry_name(spec.name) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=0, max_size=60))
+def test_accepted_names_are_always_safe(name):
+    document = {"files": [{"key": "k", "name": name}], "target": "t.zip"}
+    try:
+        manifest = parse(document)
+    except InvalidManifest:
+        return
+    accepted = manifest.files[0].name
+    assert accepted and not accepted.startswith("/")
+    assert ".." not in accepted.split("/") and "\\" not in accepted and "\x00" not in accepted
