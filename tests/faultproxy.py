@@ -1,0 +1,169 @@
+"""A fault-injecting HTTP proxy on 127.0.0.1 between a client and the test S3 server.
+
+Each request is forwarded upstream over a fresh connection; its response is relayed unless a
+rule matches. Rules are consumed in order of ``add``; each fires for the ``nth`` matching request
+(1-based) and then ``times`` more, or for a share of requests (``rate``, seeded):
+
+    proxy = FaultProxy(upstream_port).start()
+    proxy.add(Fault("cut", method="GET", path="/bucket/big.bin", after_bytes=1 << 20))
+    proxy.add(Fault("status", method="PUT", status=503, code="SlowDown", rate=0.1))
+
+Kinds: ``status`` (answer ``status`` with an S3 error body instead of forwarding), ``cut``
+(forward, then close the connection after ``after_bytes`` of the response body), ``stall``
+(forward, then sleep ``seconds`` before the body), ``truncate`` (announce the full length, send
+``after_bytes``, then close). ``counts`` tallies requests by method and query shape.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socketserver
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+
+
+@dataclass
+class Fault:
+    kind: str  # "status" | "cut" | "stall" | "truncate"
+    method: str | None = None
+    path: str | None = None  # substring of the path (query included)
+    nth: int = 1
+    times: int = 1
+    rate: float | None = None
+    status: int = 500
+    code: str = "InternalError"
+    after_bytes: int = 0
+    seconds: float = 0.0
+    seen: int = 0
+    fired: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path is None or self.path in path
+        )
+
+
+def query_shape(method: str, path: str) -> str:
+    query = path.partition("?")[2]
+    names = sorted(part.partition("=")[0] for part in query.split("&") if part)
+    return f"{method} {'&'.join(names)}".strip()
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, *, seed: int = 0) -> None:
+        self.upstream_port = upstream_port
+        self.faults: list[Fault] = []
+        self.counts: Counter[str] = Counter()
+        self.fired: Counter[str] = Counter()
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._server: socketserver.ThreadingTCPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.server_address[1]
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def _pick(self, method: str, path: str, headers: dict[str, str]) -> Fault | None:
+        with self._lock:
+            self.counts[query_shape(method, path)] += 1
+            self.requests.append((method, path, headers))
+            for fault in self.faults:
+                if not fault.matches(method, path):
+                    continue
+                fault.seen += 1
+                if fault.rate is not None:
+                    hit = self._random.random() < fault.rate
+                else:
+                    hit = fault.nth <= fault.seen < fault.nth + fault.times
+                if hit:
+                    fault.fired += 1
+                    self.fired[fault.kind] += 1
+                    return fault
+        return None
+
+    def start(self) -> FaultProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k: v for k, v in self.headers.items()}
+                fault = proxy._pick(self.command, self.path, headers)
+                if fault is not None and fault.kind == "status":
+                    payload = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
+                        f"<Message>injected</Message></Error>"
+                    ).encode()
+                    self.send_response(fault.status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    self.close_connection = True
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                finally:
+                    upstream.close()
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(name, value)
+                announced = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", announced or str(len(data)))
+                if fault is not None:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                if fault is None:
+                    self.wfile.write(data)
+                    return
+                self.close_connection = True
+                if fault.kind == "stall":
+                    time.sleep(fault.seconds)
+                    self.wfile.write(data)
+                    return
+                self.wfile.write(data[: fault.after_bytes])
+                self.wfile.flush()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="faultproxy", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
