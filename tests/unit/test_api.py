@@ -1,0 +1,321 @@
+"""The WSGI app of CONTRACT §5 with a fake backend: every route and status code."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+from dataclasses import dataclass, field
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+import structlog
+
+from watcher.api import bearer_ok, make_app, manifest_keys, signature_ok
+from watcher.errors import InvalidManifest, StorageError
+from watcher.metrics import Metrics
+
+SECRET = "s3cret-token-value"
+EVENT_SECRET = "event-signing-secret"
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    target: str
+
+
+@dataclass
+class FakeBackend:
+    requests_prefix: str = "zip-requests/"
+    watch_bucket: str = "bucket"
+    is_ready: bool = True
+    submitted: list[bytes] = field(default_factory=list)
+    woken: list[list[str]] = field(default_factory=list)
+    fail_with: Exception | None = None
+
+    def submit(self, raw: bytes) -> Submitted:
+        if self.fail_with is not None:
+            raise self.fail_with
+        document = json.loads(raw)
+        if "target" not in document:
+            raise InvalidManifest("target: is required")
+        self.submitted.append(raw)
+        return Submitted(document.get("id", "generated"), document["target"])
+
+    def job_status(self, job_id: str) -> dict | None:
+        return {"job_id": job_id, "state": "running"} if job_id == "known" else None
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def wake(self, keys: list[str]) -> None:
+        self.woken.append(keys)
+
+
+def call(
+    app,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict | None = None,
+    content_length: int | None = None,
+):
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ.update(REQUEST_METHOD=method, PATH_INFO=path, QUERY_STRING="")
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body) if content_length is None else content_length)
+    for name, value in (headers or {}).items():
+        key = name.upper().replace("-", "_")
+        environ[key if key in ("CONTENT_TYPE",) else f"HTTP_{key}"] = value
+    captured: dict = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        captured["status"] = int(status.split()[0])
+        captured["headers"] = dict(response_headers)
+
+    chunks = app(environ, start_response)
+    captured["body"] = b"".join(chunks)
+    captured["input_left"] = len(environ["wsgi.input"].read())
+    return captured
+
+
+@pytest.fixture
+def backend():
+    return FakeBackend()
+
+
+@pytest.fixture
+def app(backend):
+    return make_app(
+        shared_secret=SECRET,
+        b2_event_secret=EVENT_SECRET,
+        backend=backend,
+        metrics=Metrics(request_counts=lambda: {"GetObject": 3}),
+    )
+
+
+AUTH = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("path", ["/", "/jobs"])
+def test_post_manifest_is_accepted_with_location(app, backend, path):
+    r = call(
+        app,
+        "POST",
+        path,
+        json.dumps({"files": ["a"], "target": "o.zip", "id": "j1"}).encode(),
+        AUTH,
+    )
+    assert r["status"] == 202
+    assert json.loads(r["body"]) == {"job_id": "j1", "target": "o.zip", "status_url": "/jobs/j1"}
+    assert r["headers"]["Location"] == "/jobs/j1"
+    assert len(backend.submitted) == 1
+
+
+def test_sample_app_client_with_charset_is_accepted(app):
+    headers = {**AUTH, "Content-Type": "application/json; charset=utf-8"}
+    assert call(app, "POST", "/", b'{"files": ["a"], "target": "o.zip"}', headers)["status"] == 202
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        None,
+        "",
+        "Bearer",
+        f"bearer {SECRET}",
+        f"Bearer  {SECRET}",
+        f"Bearer {SECRET} ",
+        f"Bearer {SECRET[:-1]}",
+        f"Bearer {SECRET.upper()}",
+        SECRET,
+        f"Basic {SECRET}",
+    ],
+)
+def test_missing_wrong_and_near_miss_tokens_are_401(app, backend, token):
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = token
+    r = call(app, "POST", "/jobs", b'{"files": ["a"], "target": "o.zip"}', headers)
+    assert r["status"] == 401
+    assert r["headers"]["WWW-Authenticate"].startswith("Bearer")
+    assert backend.submitted == []
+
+
+def test_invalid_json_and_manifest_are_400_with_a_code(app, backend):
+    backend.fail_with = InvalidManifest("files: must not be empty")
+    r = call(app, "POST", "/jobs", b'{"files": []}', AUTH)
+    assert r["status"] == 400
+    assert json.loads(r["body"])["error"] == {
+        "code": "invalid_manifest",
+        "message": "files: must not be empty",
+    }
+
+
+def test_storage_trouble_is_503(app, backend):
+    backend.fail_with = StorageError("s3://b/k: SlowDown")
+    assert call(app, "POST", "/jobs", b"{}", AUTH)["status"] == 503
+
+
+def test_too_large_is_refused_before_the_body_is_read(backend):
+    app = make_app(shared_secret=SECRET, b2_event_secret=None, backend=backend, max_body=100)
+    r = call(app, "POST", "/jobs", b"x" * 50, AUTH, content_length=10**9)
+    assert r["status"] == 413
+    assert r["input_left"] == 50, "the body was read"
+
+
+def test_not_json_is_415(app):
+    headers = {**AUTH, "Content-Type": "text/plain"}
+    assert call(app, "POST", "/jobs", b"hello", headers)["status"] == 415
+
+
+def test_job_status_known_and_unknown(app):
+    assert json.loads(call(app, "GET", "/jobs/known", headers=AUTH)["body"])["state"] == "running"
+    assert call(app, "GET", "/jobs/unknown", headers=AUTH)["status"] == 404
+    assert call(app, "GET", "/jobs/known")["status"] == 401
+
+
+def test_health_routes_need_no_token(app, backend):
+    assert call(app, "GET", "/healthz")["status"] == 200
+    assert call(app, "GET", "/readyz")["status"] == 200
+    backend.is_ready = False
+    assert call(app, "GET", "/readyz")["status"] == 503
+
+
+def test_metrics_need_the_token_and_expose_counters(app):
+    assert call(app, "GET", "/metrics")["status"] == 401
+    r = call(app, "GET", "/metrics", headers=AUTH)
+    text = r["body"].decode()
+    assert r["status"] == 200
+    for name in (
+        "b2zip_jobs_started_total",
+        "b2zip_bytes_read_total",
+        "b2zip_job_duration_seconds",
+        "b2zip_manifests_pending",
+        'b2zip_storage_requests_total{operation="GetObject"} 3.0',
+    ):
+        assert name in text
+
+
+def test_unknown_routes_and_methods(app):
+    assert call(app, "GET", "/nope", headers=AUTH)["status"] == 404
+    assert call(app, "GET", "/jobs", headers=AUTH)["status"] == 405
+    assert call(app, "DELETE", "/jobs/known", headers=AUTH)["status"] == 405
+    assert call(app, "POST", "/healthz")["status"] == 405
+
+
+def sign(body: bytes, secret: str = EVENT_SECRET) -> str:
+    return "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def events_body(*events: dict) -> bytes:
+    return json.dumps({"events": list(events)}).encode()
+
+
+def created(key: str, event_id: str = "e1") -> dict:
+    return {
+        "eventType": "b2:ObjectCreated:Upload",
+        "objectName": key,
+        "bucketName": "bucket",
+        "eventId": event_id,
+        "eventTimestamp": 1700000000000,
+    }
+
+
+def test_signed_event_wakes_the_daemon_for_manifests_only(app, backend):
+    body = events_body(
+        created("zip-requests/a.json", "e1"),
+        created("zip-requests/done/a.json", "e2"),
+        created("elsewhere/b.json", "e3"),
+        {
+            "eventType": "b2:ObjectDeleted:Delete",
+            "objectName": "zip-requests/c.json",
+            "eventId": "e4",
+        },
+    )
+    r = call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": sign(body)})
+    assert r["status"] == 200
+    assert backend.woken == [["zip-requests/a.json"]]
+    again = call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": sign(body)})
+    assert again["status"] == 200 and backend.woken == [["zip-requests/a.json"]], "deduped"
+
+
+def test_event_signature_may_be_one_of_several(app, backend):
+    body = events_body(created("zip-requests/x.json", "e9"))
+    header = f"v1={'0' * 64}, {sign(body)}"
+    r = call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": header})
+    assert r["status"] == 200 and backend.woken == [["zip-requests/x.json"]]
+
+
+@pytest.mark.parametrize("header", [None, "", "v1=", "v1=" + "0" * 64, "v2=abc", "sha256=whatever"])
+def test_bad_or_missing_signature_is_401(app, backend, header):
+    body = events_body(created("zip-requests/a.json"))
+    headers = {} if header is None else {"X-Bz-Event-Notification-Signature": header}
+    assert call(app, "POST", "/b2-events", body, headers)["status"] == 401
+    assert backend.woken == []
+
+
+def test_replayed_body_with_changed_signature_or_changed_body_is_401(app):
+    body = events_body(created("zip-requests/a.json"))
+    tampered = body.replace(b"a.json", b"b.json")
+    r = call(app, "POST", "/b2-events", tampered, {"X-Bz-Event-Notification-Signature": sign(body)})
+    assert r["status"] == 401
+    assert (
+        call(
+            app,
+            "POST",
+            "/b2-events",
+            body,
+            {"X-Bz-Event-Notification-Signature": sign(body, "other")},
+        )["status"]
+        == 401
+    )
+
+
+def test_test_event_gets_200(app, backend):
+    body = events_body({"eventType": "b2:TestEvent", "eventId": "t"})
+    r = call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": sign(body)})
+    assert r["status"] == 200 and backend.woken == []
+
+
+def test_webhook_is_absent_without_its_secret(backend):
+    app = make_app(shared_secret=SECRET, b2_event_secret=None, backend=backend)
+    body = events_body(created("zip-requests/a.json"))
+    assert (
+        call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": sign(body)})[
+            "status"
+        ]
+        == 404
+    )
+
+
+def test_the_presented_token_is_never_logged(backend):
+    with structlog.testing.capture_logs() as logs:
+        app = make_app(shared_secret=SECRET, b2_event_secret=None, backend=backend)
+        call(
+            app,
+            "POST",
+            "/jobs",
+            b"{}",
+            {"Authorization": "Bearer wrong-token-123", "Content-Type": "application/json"},
+        )
+        call(app, "POST", "/jobs", b'{"target": "t"}', AUTH)
+    text = json.dumps(logs, default=str)
+    assert "wrong-token-123" not in text and SECRET not in text
+    assert any(e.get("event") == "http_request" and e.get("status") == 401 for e in logs)
+
+
+def test_pure_helpers():
+    assert bearer_ok(f"Bearer {SECRET}", SECRET) and not bearer_ok(None, SECRET)
+    assert signature_ok(sign(b"x"), b"x", EVENT_SECRET)
+    assert manifest_keys(
+        [
+            created("zip-requests/.claims/x.json"),
+            created("zip-requests/a.txt"),
+            created("zip-requests/ok.json"),
+        ],
+        "zip-requests/",
+    ) == ["zip-requests/ok.json"]
