@@ -27,11 +27,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=600)
     args = parser.parse_args()
     port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=env)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_DEFAULT_REGION="us-east-1"
+    )
+    env = dict(os.environ)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     time.sleep(2)
     proxy = FaultProxy(port).start()
     import boto3
@@ -43,7 +48,8 @@ def main() -> int:
     daemon = subprocess.Popen(
         [sys.executable, "-m", "watcher", "run", "--config", str(empty)],
         env={**env, "AWS_ENDPOINT_URL": proxy.endpoint_url, "BUCKET_NAME": "idle"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(args.seconds)
