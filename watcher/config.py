@@ -297,11 +297,9 @@ def from_mapping(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -> 
     http = sections["http"]
     enabled = http.get("enabled", "auto")
     if enabled == "auto":
+        # Without a shared secret an enabled server answers only the health routes (and the
+        # B2 webhook when its own secret is set): every other route is 401.
         http["enabled"] = http.get("shared_secret") is not None
-    elif enabled and http.get("shared_secret") is None:
-        raise ConfigError(
-            "http.enabled", "is true but no http.shared_secret / SHARED_SECRET is set"
-        )
     if "level" in sections["logging"]:
         sections["logging"]["level"] = sections["logging"]["level"].upper()
     watch = WatchSettings(**sections["watch"])
