@@ -266,7 +266,8 @@ def from_mapping(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -> 
             raise ConfigError(str(name), "unknown key")
     sections: dict[str, dict[str, Any]] = {}
     for section, keys in SCHEMA.items():
-        given = data.get(section) or {}
+        given = data.get(section)
+        given = {} if given is None else given
         if not isinstance(given, Mapping):
             raise ConfigError(section, "must be a mapping of keys")
         for name in given:
