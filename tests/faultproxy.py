@@ -2,7 +2,7 @@
 
 Each request is forwarded upstream over a fresh connection; its response is relayed unless a
 rule matches. Rules are consumed in order of ``add``; each fires for the ``nth`` matching request
-(1-based) and then ``times`` more, or for a share of requests (``rate``, seeded):
+(1-based; every matching rule counts every request) and ``times - 1`` more, or for a share of requests (``rate``, seeded):
 
     proxy = FaultProxy(upstream_port).start()
     proxy.add(Fault("cut", method="GET", path="/bucket/big.bin", after_bytes=1 << 20))
@@ -86,7 +86,8 @@ class FaultProxy:
         with self._lock:
             self.counts[query_shape(method, path)] += 1
             self.requests.append((method, path, headers))
-            for fault in self.faults:
+            chosen = None
+            for fault in self.faults:  # every matching rule counts the request
                 if not fault.matches(method, path):
                     continue
                 fault.seen += 1
@@ -94,11 +95,12 @@ class FaultProxy:
                     hit = self._random.random() < fault.rate
                 else:
                     hit = fault.nth <= fault.seen < fault.nth + fault.times
-                if hit:
-                    fault.fired += 1
-                    self.fired[fault.kind] += 1
-                    return fault
-        return None
+                if hit and chosen is None:
+                    chosen = fault
+            if chosen is not None:
+                chosen.fired += 1
+                self.fired[chosen.kind] += 1
+            return chosen
 
     def start(self) -> FaultProxy:
         proxy = self
