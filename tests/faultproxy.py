@@ -1,8 +1,9 @@
 """A fault-injecting HTTP proxy on 127.0.0.1 between a client and the test S3 server.
 
 Each request is forwarded upstream over a fresh connection; its response is relayed unless a
-rule matches. Rules are consumed in order of ``add``; each fires for the ``nth`` matching request
-(1-based; every matching rule counts every request) and ``times - 1`` more, or for a share of requests (``rate``, seeded):
+rule matches. Every matching rule counts every request; a rule fires for its ``nth`` match
+(1-based) and ``times - 1`` more, or for a share of requests (``rate``, seeded); the first rule
+that fires wins:
 
     proxy = FaultProxy(upstream_port).start()
     proxy.add(Fault("cut", method="GET", path="/bucket/big.bin", after_bytes=1 << 20))

@@ -45,7 +45,9 @@ class FakeBackend:
         return Submitted(document.get("id", "generated"), document["target"])
 
     def job_status(self, job_id: str) -> dict | None:
-        return {"job_id": job_id, "state": "running"} if job_id == "known" else None
+        if job_id != "known":
+            return None
+        return {"job_id": job_id, "state": "running", "target": "o.zip", "bucket": "bucket"}
 
     def ready(self) -> bool:
         return self.is_ready
@@ -319,3 +321,58 @@ def test_pure_helpers():
         ],
         "zip-requests/",
     ) == ["zip-requests/ok.json"]
+
+
+def _resolve(spec: dict, node: dict) -> dict:
+    while "$ref" in node:
+        target = spec
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def test_every_answer_of_the_app_is_documented_in_openapi(app, backend):
+    """Each route and status the app produced is in openapi.yaml, with its required fields."""
+    import pathlib
+
+    import yaml
+
+    spec = yaml.safe_load(
+        (pathlib.Path(__file__).resolve().parents[2] / "openapi.yaml").read_text()
+    )
+    manifest = json.dumps({"files": ["a"], "target": "o.zip", "id": "known"}).encode()
+    body = events_body(created("zip-requests/a.json", "oa"))
+    cases = [
+        ("POST", "/", "/", manifest, AUTH),
+        ("POST", "/jobs", "/jobs", manifest, AUTH),
+        ("POST", "/jobs", "/jobs", b"{}", AUTH),
+        ("POST", "/jobs", "/jobs", manifest, {}),
+        ("POST", "/jobs", "/jobs", b"x", {**AUTH, "Content-Type": "text/plain"}),
+        ("GET", "/jobs/known", "/jobs/{job_id}", b"", AUTH),
+        ("GET", "/jobs/other", "/jobs/{job_id}", b"", AUTH),
+        ("GET", "/healthz", "/healthz", b"", {}),
+        ("GET", "/readyz", "/readyz", b"", {}),
+        ("GET", "/metrics", "/metrics", b"", AUTH),
+        (
+            "POST",
+            "/b2-events",
+            "/b2-events",
+            body,
+            {"X-Bz-Event-Notification-Signature": sign(body)},
+        ),
+        ("POST", "/b2-events", "/b2-events", body, {}),
+    ]
+    for method, path, template, payload, headers in cases:
+        answer = call(app, method, path, payload, headers)
+        operation = spec["paths"][template][method.lower()]
+        documented = operation["responses"].get(str(answer["status"]))
+        assert documented is not None, f"{method} {path} -> {answer['status']} undocumented"
+        documented = _resolve(spec, documented)
+        content = documented.get("content", {})
+        if "application/json" in content:
+            schema = _resolve(spec, content["application/json"]["schema"])
+            document = json.loads(answer["body"])
+            assert set(schema.get("required", [])) <= set(document), (method, path, document)
+        for header in documented.get("headers", {}):
+            assert header in answer["headers"], (method, path, header)
