@@ -55,7 +55,7 @@ class SeaweedS3:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.proc: subprocess.Popen | None = None
-        self.port = free_port()
+        self.port = free_grpc_port()
 
     @property
     def endpoint_url(self) -> str:

@@ -87,7 +87,7 @@ class ZipSettings:
 @dataclass(frozen=True)
 class PipelineSettings:
     read_ahead_bytes: int = 32 * 1024 * 1024
-    max_parallel_gets: int = 16
+    max_parallel_gets: int = 32
     upload_concurrency: int = 3
     part_size_mib: int = 0
 

@@ -5,8 +5,8 @@ Three kinds of threads work at once:
 * fetchers (``max_parallel_gets``) GET the upcoming entries in archive order and queue their
   chunks; all queued bytes together stay under ``read_ahead_bytes`` — except for the entry being
   zipped right now, which may always proceed, so the window can never deadlock;
-* the calling thread runs stream-zip over those chunks (deflate happens here, with ISA-L's
-  ``isal_zlib`` when installed: several times stdlib zlib's speed at a similar ratio);
+* the calling thread runs stream-zip over those chunks (deflate happens here: ISA-L for the
+  fast levels, zlib-ng for the dense ones, see :func:`deflate_backend`);
 * uploaders (``upload_concurrency``) send finished parts; a semaphore caps the part buffers alive.
 
 Peak memory is therefore about ``read_ahead_bytes + (upload_concurrency + 1) × part size``,
@@ -43,12 +43,16 @@ if TYPE_CHECKING:
     from watcher.store import MultipartUpload, Store
 
 try:
-    from isal import isal_zlib as _deflate_lib
+    from isal import isal_zlib as _fast_lib
 
     HAVE_ISAL = True
 except ImportError:  # pragma: no cover - the wheel exists for every supported platform
-    _deflate_lib = zlib  # type: ignore[assignment]
+    _fast_lib = zlib  # type: ignore[assignment]
     HAVE_ISAL = False
+try:
+    from zlib_ng import zlib_ng as _dense_lib
+except ImportError:  # pragma: no cover
+    _dense_lib = zlib  # type: ignore[assignment]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -93,18 +97,22 @@ def part_size(known_bytes: int, part_number: int, minimum: int = MIN_PART) -> in
     return min(MAX_PART, max(base, minimum << ((part_number - 1) // 1000)))
 
 
-def deflate_level(level: int) -> int:
-    """Map the zlib-style 0–9 of the configuration onto ISA-L's 1–3 (or back to zlib).
+def deflate_backend(level: int) -> tuple[Any, int]:
+    """The deflate library and its level for the configuration's zlib-style 0–9.
 
-    ISA-L level 0 grows incompressible data by ~23 %, so it is never used.
+    Levels 0–3 favour speed: ISA-L (``isal_zlib``) at its levels 1–3, several hundred MB/s on one
+    core; its level 0 is never used because it grows incompressible data by ~23 %. Levels 4–9
+    favour size: zlib-ng at the same level, zlib's ratios at 2–3× zlib's speed. Each falls back
+    to the stdlib when its wheel is missing.
     """
-    if not HAVE_ISAL:
-        return max(1, level)
-    return 1 if level <= 3 else 2 if level <= 6 else 3
+    if level <= 3:
+        return (_fast_lib, max(1, level)) if HAVE_ISAL else (zlib, max(1, level))
+    return _dense_lib, level
 
 
 def _compressobj(level: int) -> Any:
-    return _deflate_lib.compressobj(level, _deflate_lib.DEFLATED, -15)
+    library, native = deflate_backend(level)
+    return library.compressobj(native, library.DEFLATED, -15)
 
 
 def extension(name: str) -> str:
@@ -134,7 +142,7 @@ def clamp_mtime(moment: datetime | None) -> datetime:
 
 
 def crc32(data: bytes, value: int = 0) -> int:
-    return _deflate_lib.crc32(data, value)
+    return _fast_lib.crc32(data, value)
 
 
 # -- read-ahead -------------------------------------------------------------------------------
@@ -195,7 +203,11 @@ _END = object()
 
 @dataclass
 class _Fetch:
-    """One entry's GET: its size and date once open, and its chunks as they arrive."""
+    """One entry's GET, read (and, for deflated entries, compressed) by a fetch thread.
+
+    Compressing where the bytes arrive spreads deflate over as many cores as there are entries
+    in flight; the zipping thread then only passes the compressed pieces through, in order.
+    """
 
     index: int
     entry: Entry
@@ -204,6 +216,11 @@ class _Fetch:
     ready: threading.Condition = field(default_factory=threading.Condition)
     size: int | None = None
     last_modified: datetime | None = None
+    method: str = "deflate"
+    level: int = 1
+    compressed: collections.deque = field(default_factory=collections.deque)
+    tail: bytes = b""
+    crc: int = 0  # of the raw bytes read so far, computed by the fetch thread
     error: BaseException | None = None
 
     def put(self, item: object) -> None:
@@ -220,6 +237,21 @@ class _Fetch:
             return self.chunks.popleft()
 
 
+def decide(compression: str, level: int, name: str, first: bytes, size: int) -> tuple[str, int]:
+    """(method, deflate level) of one entry, from the job's setting and its first bytes.
+
+    ``auto`` stores what is already compressed when it is small enough to buffer for its CRC;
+    bigger incompressible entries are deflated at the fastest level instead (+0.01 %).
+    """
+    if compression == "store":
+        return "store", 0
+    if compression == "deflate":
+        return "deflate", level
+    if choose_method(name, first) == "deflate":
+        return "deflate", level
+    return ("store", 0) if size <= STORE_BUFFER_LIMIT else ("deflate", 1)
+
+
 class _ReadAhead:
     """Fetches entries in archive order, up to ``parallel`` at once and ``limit`` bytes ahead."""
 
@@ -227,7 +259,7 @@ class _ReadAhead:
         self,
         store: Store,
         bucket: str,
-        entries: tuple[Entry, ...],
+        plan: Plan,
         *,
         parallel: int,
         limit: int,
@@ -235,7 +267,8 @@ class _ReadAhead:
     ) -> None:
         self.store = store
         self.bucket = bucket
-        self.entries = entries
+        self.plan = plan
+        self.entries = plan.entries
         self.budget = _Budget(limit)
         self.cancelled = cancelled
         self.window = max(1, parallel) * 4
@@ -257,12 +290,22 @@ class _ReadAhead:
             with self.store.open_object(self.bucket, fetch.entry.key) as reader:
                 fetch.size = reader.size
                 fetch.last_modified = reader.last_modified
+                chunks = reader.iter_chunks(READ_CHUNK)
+                first = next(chunks, b"")
+                fetch.method, fetch.level = decide(
+                    self.plan.compression, self.plan.level, fetch.entry.name, first, reader.size
+                )
                 fetch.opened.set()
-                for chunk in reader.iter_chunks(READ_CHUNK):
-                    self.budget.acquire(fetch.index, len(chunk))
+                compressor = _compressobj(fetch.level) if fetch.method == "deflate" else None
+                for chunk in _prepend(first, chunks):
+                    fetch.crc = crc32(chunk, fetch.crc)
+                    packed = compressor.compress(chunk) if compressor is not None else b""
+                    self.budget.acquire(fetch.index, len(chunk) + len(packed))
                     if self.budget.closed:
                         return
-                    fetch.put(chunk)
+                    fetch.put((chunk, packed))
+                if compressor is not None:
+                    fetch.tail = compressor.flush()
         except BaseException as exc:  # handed to the consumer, which decides
             fetch.error = exc
             fetch.opened.set()
@@ -280,15 +323,17 @@ class _ReadAhead:
         return fetch
 
     def chunks(self, fetch: _Fetch) -> Iterator[bytes]:
+        """The entry's raw bytes; the compressed piece of each waits in ``fetch.compressed``."""
         while True:
             item = fetch.get(self.cancelled)
             if item is _END:
                 if fetch.error is not None:
                     raise fetch.error
                 return
-            assert isinstance(item, bytes)
-            self.budget.release(fetch.index, len(item))
-            yield item
+            raw, packed = item  # type: ignore[misc]
+            self.budget.release(fetch.index, len(raw) + len(packed))
+            fetch.compressed.append(packed)
+            yield raw
 
     def close(self) -> None:
         self.budget.close()
@@ -387,28 +432,29 @@ class _PartWriter:
 
 @dataclass
 class _Member:
-    """The entry stream-zip is working on; its compressor reports here."""
+    """The entry stream-zip is working on."""
 
     entry: Entry
-    method: str
-    level: int
+    fetch: _Fetch
     compressed: int = 0
     size: int = 0
     crc: int = 0
 
 
-class _CountingCompressor:
+class _Precompressed:
+    """What stream-zip takes for a compressor: hands back, in order, the pieces the fetch thread
+    compressed for each raw chunk, and counts them for the result marker."""
+
     def __init__(self, member: _Member) -> None:
         self._member = member
-        self._inner = _compressobj(member.level)
 
     def compress(self, data: bytes) -> bytes:
-        out = self._inner.compress(data)
+        out = self._member.fetch.compressed.popleft()
         self._member.compressed += len(out)
         return out
 
     def flush(self) -> bytes:
-        out = self._inner.flush()
+        out = self._member.fetch.tail
         self._member.compressed += len(out)
         return out
 
@@ -416,7 +462,7 @@ class _CountingCompressor:
 @dataclass(frozen=True)
 class PipelineLimits:
     read_ahead_bytes: int = 32 * MiB
-    max_parallel_gets: int = 16
+    max_parallel_gets: int = 32
     upload_concurrency: int = 3
     minimum_part: int = MIN_PART
 
@@ -443,12 +489,11 @@ def write_zip(
 
     progress.files_total = len(plan.entries)
     zip64_all = len(plan.entries) > ZIP32_ENTRIES
-    level = deflate_level(plan.level)
     state: dict[str, Any] = {"member": None, "zip64": zip64_all, "written": 0, "kept": 0}
     reads = _ReadAhead(
         store,
         input_bucket,
-        plan.entries,
+        plan,
         parallel=limits.max_parallel_gets,
         limit=limits.read_ahead_bytes,
         cancelled=cancelled,
@@ -463,49 +508,38 @@ def write_zip(
         progress=progress,
     )
 
-    def get_compressobj() -> _CountingCompressor:
-        return _CountingCompressor(state["member"])
+    def get_compressobj() -> _Precompressed:
+        return _Precompressed(state["member"])
 
     def counted(member: _Member, chunks: Iterator[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             if cancelled():
                 raise JobCancelled("the job was cancelled")
             member.size += len(chunk)
-            member.crc = crc32(chunk, member.crc)
             progress.add(bytes_read=len(chunk))
             yield chunk
+        member.crc = member.fetch.crc  # complete: the fetch thread has put its last chunk
 
     def members() -> Iterator[tuple]:
         for index, entry in enumerate(plan.entries):
             fetch = reads.take(index)
-            if fetch.error is not None:
+            if fetch.error is not None and fetch.size is None:
                 if isinstance(fetch.error, MissingInput) and plan.missing == "skip":
                     progress.skip(entry.key, "missing")
                     continue
                 raise fetch.error
             size = fetch.size or 0
             chunks = reads.chunks(fetch)
-            method = plan.compression
-            first = b""
-            if method == "auto":
-                first = next(chunks, b"")
-                method = choose_method(entry.name, first)
-                chunks = _prepend(first, chunks)
             if not state["zip64"] and state["written"] + size + size // 1000 + MiB > ZIP32_LIMIT:
                 state["zip64"] = True
-            member_level = level
             crc = None
-            if method == "store" and size <= STORE_BUFFER_LIMIT:
+            if fetch.method == "store" and size <= STORE_BUFFER_LIMIT:
                 body = list(chunks)
-                crc = 0
-                for piece in body:
-                    crc = crc32(piece, crc)
+                crc = fetch.crc
                 chunks = iter(body)
-            elif method == "store" and plan.compression == "store":
+            elif fetch.method == "store":
                 crc = _crc_pass(store, input_bucket, entry.key, fetch, cancelled)
-            elif method == "store":
-                method, member_level = "deflate", 1
-            member = _Member(entry, method, member_level)
+            member = _Member(entry, fetch)
             state["member"] = member
             if crc is not None:
                 zip_method = (NO_COMPRESSION_64 if state["zip64"] else NO_COMPRESSION_32)(size, crc)
@@ -522,20 +556,16 @@ def write_zip(
             state["kept"] += 1
 
     def _record(member: _Member, progress: Progress) -> None:
-        compressed = member.compressed if member.method == "deflate" else member.size
+        method = member.fetch.method
+        compressed = member.compressed if method == "deflate" else member.size
         progress.entry_done(
             EntryResult(
-                member.entry.name,
-                member.entry.key,
-                member.size,
-                compressed,
-                member.crc,
-                member.method,
+                member.entry.name, member.entry.key, member.size, compressed, member.crc, method
             )
         )
 
     try:
-        for chunk in stream_zip(members(), chunk_size=256 * 1024, get_compressobj=get_compressobj):
+        for chunk in stream_zip(members(), chunk_size=MiB, get_compressobj=get_compressobj):
             state["written"] += len(chunk)
             writer.write(chunk)
         if state["kept"] == 0:

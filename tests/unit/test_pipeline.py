@@ -13,7 +13,7 @@ from watcher.pipeline import (
     MiB,
     choose_method,
     clamp_mtime,
-    deflate_level,
+    deflate_backend,
     part_size,
 )
 
@@ -47,8 +47,17 @@ def test_incompressible_bytes_are_stored_and_text_is_deflated():
     assert choose_method("tiny.bin", b"\x00\x01") == "deflate"
 
 
-def test_levels_map_onto_isal_without_level_zero():
-    assert [deflate_level(n) for n in range(10)] == [1, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+def test_fast_levels_use_isal_without_its_level_zero_and_dense_levels_zlib_ng():
+    from isal import isal_zlib
+    from zlib_ng import zlib_ng
+
+    assert [deflate_backend(n) for n in range(4)] == [
+        (isal_zlib, 1),
+        (isal_zlib, 1),
+        (isal_zlib, 2),
+        (isal_zlib, 3),
+    ]
+    assert [deflate_backend(n) for n in range(4, 10)] == [(zlib_ng, n) for n in range(4, 10)]
 
 
 def test_timestamps_are_clamped_to_what_the_zip_can_hold():
