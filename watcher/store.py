@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -214,6 +215,7 @@ class MultipartUpload:
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, bucket=self.bucket, key=self.key) from None
         self.upload_id = response["UploadId"]
+        self.started_at = datetime.now(UTC) - timedelta(seconds=5)  # tolerate clock skew
         return self
 
     def upload_part(self, number: int, data: bytes | memoryview) -> None:
@@ -245,9 +247,27 @@ class MultipartUpload:
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": parts},
             )
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchUpload" or not self._landed():
+                raise translate_client_error(exc, bucket=self.bucket, key=self.key) from None
+        except BotoCoreError as exc:
             raise translate_client_error(exc, bucket=self.bucket, key=self.key) from None
         self.completed = True
+
+    def _landed(self) -> bool:
+        """After ``NoSuchUpload`` on a retried Complete: did the first attempt go through?
+
+        A completed multipart object's ETag ends in ``-<part count>``, and it is newer than the
+        upload's start.
+        """
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=self.key)
+        except (ClientError, BotoCoreError):
+            return False
+        return (
+            head.get("ETag", "").strip('"').endswith(f"-{len(self._etags)}")
+            and head["LastModified"] >= self.started_at
+        )
 
     def abort(self) -> None:
         if self.upload_id is None or self.completed:

@@ -1,0 +1,421 @@
+"""Reliability, proven against the daemon as a subprocess: faults, crashes, load, hostile input.
+
+Each scenario has a fast variant (run by `make test`) and a long one marked `soak` (`make soak`).
+Figures of the last runs are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+import zipfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import deterministic_bytes, put_objects, verify_zip
+from daemonproc import DaemonProcess, list_keys, read_json, wait_until, write_config
+from faultproxy import Fault, FaultProxy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+PREFIX = "zip-requests/"
+MiB = 1024 * 1024
+
+
+def drop(s3, bucket: str, name: str, manifest: object) -> None:
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    s3.put_object(Bucket=bucket, Key=f"{PREFIX}{name}.json", Body=body)
+
+
+def make_inputs(s3, bucket: str, jobs: int, *, big: int = 0) -> dict[str, bytes]:
+    objects: dict[str, bytes] = {}
+    for i in range(jobs):
+        objects[f"in/{i}/a.txt"] = f"job {i}\n".encode() * 200
+        objects[f"in/{i}/b.bin"] = deterministic_bytes(i, 20_000)
+        if big:
+            objects[f"in/{i}/big.bin"] = deterministic_bytes(1000 + i, big)
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), objects.items()
+            )
+        )
+    return objects
+
+
+def expected_for(objects: dict[str, bytes], i: int) -> dict[str, bytes]:
+    return {k: v for k, v in objects.items() if k.startswith(f"in/{i}/")}
+
+
+def check_all_succeeded(s3, bucket, objects, jobs, tmp_path) -> None:
+    for i in range(jobs):
+        result = read_json(s3, bucket, f"out/{i}.zip.result.json")
+        assert result is not None and result["state"] == "succeeded", (i, result)
+        path = tmp_path / f"{i}.zip"
+        s3.download_file(bucket, f"out/{i}.zip", str(path))
+        verify_zip(path, expected_for(objects, i))
+        with zipfile.ZipFile(path) as archive:
+            assert [e["crc32"] for e in result["entries"]] == [x.CRC for x in archive.infolist()]
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "dangling upload"
+    pending = [k for k in list_keys(s3, bucket, PREFIX) if k.count("/") == 1]
+    assert pending == [], f"manifests left in the requests prefix: {pending}"
+    assert len(list_keys(s3, bucket, PREFIX + "done/")) == jobs
+
+
+@pytest.fixture
+def daemons(tmp_path, s3_env):
+    started: list[DaemonProcess] = []
+
+    def start(config, *, name="d", env=None, endpoint=None) -> DaemonProcess:
+        environ = {**s3_env, **(env or {})}
+        if endpoint:
+            environ["AWS_ENDPOINT_URL"] = endpoint
+        proc = DaemonProcess(config, environ, tmp_path / f"{name}.log")
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+# -- 1. faults between the daemon and the store -------------------------------------------------
+
+
+def run_faulty(s3_server, s3, bucket, tmp_path, daemons, *, jobs: int, rate: float) -> dict:
+    objects = make_inputs(s3, bucket, jobs, big=2 * MiB)
+    proxy = FaultProxy(s3_server.port, seed=7).start()
+    try:
+        share = rate / 4
+        proxy.add(Fault("status", status=500, code="InternalError", rate=share))
+        proxy.add(Fault("status", status=503, code="SlowDown", rate=share))
+        proxy.add(Fault("cut", method="GET", path="big.bin", after_bytes=300_000, rate=share * 8))
+        proxy.add(Fault("truncate", method="GET", path="/in/", after_bytes=1000, rate=share))
+        daemon = daemons(
+            write_config(tmp_path / "c.yaml", watch={"max_concurrent_jobs": 3}),
+            endpoint=proxy.endpoint_url,
+        )
+        for i in range(jobs):
+            drop(
+                s3,
+                bucket,
+                f"f{i:03d}",
+                {"files": [{"prefix": f"in/{i}/"}], "target": f"out/{i}.zip"},
+            )
+        wait_until(
+            lambda: len(list_keys(s3, bucket, PREFIX + "done/")) == jobs,
+            60 + 6 * jobs,
+            "every job filed under done/",
+        )
+        assert daemon.proc.poll() is None
+        check_all_succeeded(s3, bucket, objects, jobs, tmp_path)
+        return dict(proxy.fired) | {"requests": sum(proxy.counts.values())}
+    finally:
+        proxy.stop()
+
+
+def test_ten_percent_faulted_requests_and_every_job_still_succeeds(
+    s3_server, s3, bucket, tmp_path, daemons
+):
+    fired = run_faulty(s3_server, s3, bucket, tmp_path, daemons, jobs=10, rate=0.10)
+    print(f"faults injected: {fired}")
+    assert sum(v for k, v in fired.items() if k != "requests") >= 5
+
+
+@pytest.mark.soak
+def test_soak_fifty_jobs_through_ten_percent_faults(s3_server, s3, bucket, tmp_path, daemons):
+    fired = run_faulty(s3_server, s3, bucket, tmp_path, daemons, jobs=50, rate=0.10)
+    print(f"faults injected: {fired}")
+
+
+def test_permanent_403_on_one_input_fails_that_job_and_the_daemon_moves_on(
+    s3_server, s3, bucket, tmp_path, daemons
+):
+    put_objects(s3, bucket, {"open.txt": b"open", "locked.bin": b"locked"})
+    proxy = FaultProxy(s3_server.port).start()
+    try:
+        proxy.add(
+            Fault(
+                "status",
+                method="GET",
+                path="locked.bin",
+                status=403,
+                code="AccessDenied",
+                times=10**9,
+            )
+        )
+        daemon = daemons(write_config(tmp_path / "c.yaml"), endpoint=proxy.endpoint_url)
+        drop(
+            s3, bucket, "denied", {"files": ["open.txt", "locked.bin"], "target": "out/denied.zip"}
+        )
+        wait_until(lambda: read_json(s3, bucket, "out/denied.zip.result.json"), 60, "denied")
+        drop(s3, bucket, "after", {"files": ["open.txt"], "target": "out/after.zip"})
+        wait_until(lambda: read_json(s3, bucket, "out/after.zip.result.json"), 60, "next job")
+    finally:
+        proxy.stop()
+    denied = read_json(s3, bucket, "out/denied.zip.result.json")
+    assert denied["state"] == "failed" and denied["error"]["code"] == "access_denied"
+    assert "locked.bin" in denied["error"]["message"]
+    assert "out/denied.zip" not in list_keys(s3, bucket, "out/")
+    assert read_json(s3, bucket, "out/after.zip.result.json")["state"] == "succeeded"
+    assert daemon.proc.poll() is None
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+# -- 2. crash loop -----------------------------------------------------------------------------
+
+
+def crash_loop(s3, bucket, tmp_path, daemons, *, jobs: int, kills: int) -> int:
+    objects = make_inputs(s3, bucket, jobs, big=3 * MiB)
+    config = write_config(tmp_path / "c.yaml", watch={"lease_seconds": 3, "max_concurrent_jobs": 2})
+    for i in range(jobs):
+        drop(
+            s3,
+            bucket,
+            f"c{i:03d}",
+            {"files": [{"prefix": f"in/{i}/"}], "target": f"out/{i}.zip", "id": f"crash-{i:03d}"},
+        )
+    rng = random.Random(3)
+    killed = 0
+    for n in range(kills):
+        daemon = daemons(config, name=f"crash{n}")
+        time.sleep(rng.uniform(0.8, 3.0))
+        if daemon.proc.poll() is None:
+            daemon.kill()
+            killed += 1
+        if len(list_keys(s3, bucket, PREFIX + "done/")) == jobs:
+            break
+    final = daemons(config, name="final")
+    wait_until(
+        lambda: len(list_keys(s3, bucket, PREFIX + "done/")) == jobs,
+        60 + 5 * jobs,
+        "every job done after the crashes",
+    )
+    assert final.proc.poll() is None
+    check_all_succeeded(s3, bucket, objects, jobs, tmp_path)
+    finished = Counter()
+    for log in tmp_path.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"job_finished"' in line:
+                finished[json.loads(line)["job_id"]] += 1
+    # A job may have finished in a daemon killed before it filed the manifest; then it is run
+    # again, but it never ends differently: every run of it succeeded (checked above).
+    assert set(finished) == {f"crash-{i:03d}" for i in range(jobs)}
+    return killed
+
+
+def test_crash_loop_every_job_ends_exactly_once_with_a_correct_zip(s3, bucket, tmp_path, daemons):
+    killed = crash_loop(s3, bucket, tmp_path, daemons, jobs=8, kills=3)
+    assert killed >= 2
+
+
+@pytest.mark.soak
+def test_soak_crash_loop_thirty_jobs_ten_kills(s3, bucket, tmp_path, daemons):
+    crash_loop(s3, bucket, tmp_path, daemons, jobs=30, kills=10)
+
+
+# -- 3. several daemons under load ---------------------------------------------------------------
+
+
+def load(s3, bucket, tmp_path, daemons, *, coordination: str, manifests: int) -> float:
+    if coordination == "versions":
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    put_objects(s3, bucket, {f"src/{i}.txt": f"{i}\n".encode() * 10 for i in range(manifests)})
+    config = write_config(
+        tmp_path / "c.yaml",
+        watch={"coordination": coordination, "max_concurrent_jobs": 4, "lease_seconds": 30},
+    )
+    procs = [daemons(config, name=f"load{n}") for n in range(3)]
+    for proc in procs:
+        proc.wait_for_event("daemon_started")
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(
+            pool.map(
+                lambda i: drop(
+                    s3,
+                    bucket,
+                    f"l{i:04d}",
+                    {"files": [f"src/{i}.txt"], "target": f"out/{i}.zip", "id": f"load-{i:04d}"},
+                ),
+                range(manifests),
+            )
+        )
+    wait_until(
+        lambda: len(list_keys(s3, bucket, PREFIX + "done/")) == manifests,
+        60 + 2 * manifests,
+        "all manifests done",
+    )
+    elapsed = time.monotonic() - started
+    runs = Counter()
+    for proc in procs:
+        for event in proc.events():
+            if event.get("event") == "job_started":
+                runs[event["job_id"]] += 1
+    assert runs == Counter({f"load-{i:04d}": 1 for i in range(manifests)})
+    for i in rng_sample(manifests):
+        path = tmp_path / f"{i}.zip"
+        s3.download_file(bucket, f"out/{i}.zip", str(path))
+        verify_zip(path, {f"src/{i}.txt": f"{i}\n".encode() * 10})
+    for i in range(manifests):
+        assert read_json(s3, bucket, f"out/{i}.zip.result.json")["state"] == "succeeded"
+    rate = manifests / elapsed * 60
+    print(f"{coordination}: {manifests} jobs by 3 daemons in {elapsed:.1f} s = {rate:.0f}/min")
+    return rate
+
+
+def rng_sample(n: int) -> list[int]:
+    return sorted(random.Random(n).sample(range(n), min(n, 25)))
+
+
+@pytest.mark.parametrize("coordination", ["conditional", "versions"])
+def test_three_daemons_forty_manifests_each_run_once(s3, bucket, tmp_path, daemons, coordination):
+    load(s3, bucket, tmp_path, daemons, coordination=coordination, manifests=40)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("coordination", ["conditional", "versions"])
+def test_soak_three_daemons_two_hundred_manifests(s3, bucket, tmp_path, daemons, coordination):
+    load(s3, bucket, tmp_path, daemons, coordination=coordination, manifests=200)
+
+
+# -- 4. hostile manifests through the running daemon ---------------------------------------------
+
+UNSAFE_NAMES = [
+    "/abs",
+    "../up",
+    "a/../../b",
+    "back\\slash",
+    "nul\x00",
+    "ctl\x1b",
+    "",
+    "a/..",
+    "dir/",
+    "\ud800",
+]
+hostile = st.one_of(
+    st.binary(max_size=200),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+        max_leaves=10,
+    ).map(lambda v: json.dumps(v).encode()),
+    st.builds(
+        lambda name, target: json.dumps(
+            {"files": [{"key": "k.txt", "name": name}], "target": target}, ensure_ascii=True
+        ).encode(),
+        st.sampled_from(UNSAFE_NAMES),
+        st.just("out/hostile.zip"),
+    ),
+    st.builds(lambda depth: b"[" * depth + b"]" * depth, st.integers(100, 100_000)),
+    st.builds(
+        lambda n: json.dumps({"files": ["k.txt"] * n, "target": "out/dup.zip"}).encode(),
+        st.integers(2, 5),
+    ),
+    st.just(json.dumps({"files": ["k.txt"], "target": PREFIX + "inside.zip"}).encode()),
+    st.just(json.dumps({"files": ["k.txt", "out/self.zip"], "target": "out/self.zip"}).encode()),
+    st.just(
+        json.dumps({"files": [f"k{i}" for i in range(100_001)], "target": "out/huge.zip"}).encode()
+    ),
+    st.builds(
+        lambda s: json.dumps({"files": ["k.txt"], "target": "out/x.zip", "id": s}).encode(),
+        st.text(min_size=129, max_size=300),
+    ),
+)
+
+
+def test_hostile_manifests_never_kill_the_daemon_and_each_fails_with_a_code(
+    s3, bucket, tmp_path, daemons
+):
+    put_objects(s3, bucket, {"k.txt": b"k"})
+    daemon = daemons(write_config(tmp_path / "c.yaml", watch={"max_concurrent_jobs": 4}))
+    dropped: list[tuple[str, bytes]] = []
+
+    @settings(
+        max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
+    @given(hostile)
+    def drop_one(raw: bytes) -> None:
+        name = f"h{len(dropped):03d}"
+        drop(s3, bucket, name, raw)
+        dropped.append((name, raw))
+
+    drop_one()
+    wait_until(
+        lambda: len(list_keys(s3, bucket, PREFIX + "failed/")) == len(dropped),
+        120,
+        "every hostile manifest filed under failed/",
+    )
+    assert daemon.proc.poll() is None, "the daemon died"
+    assert list_keys(s3, bucket, PREFIX + "done/") == []
+    outputs = list_keys(s3, bucket, "out/")
+    assert not [k for k in outputs if k.endswith(".zip")], f"a ZIP was written: {outputs}"
+    for key in (k for k in outputs if k.endswith(".result.json")):
+        result = read_json(s3, bucket, key)
+        assert result["state"] == "failed" and result["error"]["code"] in (
+            "invalid_manifest",
+            "target_conflict",
+            "missing_input",
+        )
+    rejected = [e for e in daemon.events() if e.get("event") == "manifest_rejected"]
+    assert len(rejected) == len(dropped)
+    assert all(e.get("code") and e.get("level") == "error" for e in rejected)
+    # The daemon still works afterwards.
+    drop(s3, bucket, "fine", {"files": ["k.txt"], "target": "good/fine.zip"})
+    wait_until(lambda: read_json(s3, bucket, "good/fine.zip.result.json"), 30, "a good job")
+    assert read_json(s3, bucket, "good/fine.zip.result.json")["state"] == "succeeded"
+
+
+# -- 5. HTTP under pressure ------------------------------------------------------------------------
+
+
+def test_http_concurrent_posts_and_slow_clients(s3, bucket, tmp_path, daemons):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port
+
+    secret = "reliability-http-secret"
+    port = free_port()
+    put_objects(s3, bucket, {"k.txt": b"k"})
+    daemon = daemons(
+        write_config(tmp_path / "c.yaml", http={"enabled": True, "port": port}),
+        env={"SHARED_SECRET": secret},
+    )
+    daemon.wait_for_event("http_listening")
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    for sock in slow:  # half a request, then silence: must not block anybody else
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+
+    def post(i: int) -> int:
+        body = json.dumps({"files": ["k.txt"], "target": f"http/{i}.zip"}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/jobs",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = Counter(pool.map(post, range(200)))
+    for sock in slow:
+        sock.close()
+    assert set(statuses) <= {202, 503}, statuses
+    assert statuses[202] >= 190, statuses
+    manifests = [
+        k
+        for k in list_keys(s3, bucket, PREFIX)
+        if k.count("/") in (1, 2) and not k.startswith(PREFIX + ".")
+    ]
+    assert len(manifests) >= statuses[202]
+    assert daemon.proc.poll() is None
+    daemon.signal(signal.SIGTERM)
