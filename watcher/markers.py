@@ -1,8 +1,8 @@
 """Status and result markers next to every target (CONTRACT §4).
 
 ``<target>.status.json`` is written when a job starts and refreshed by a ticker thread while it
-runs — at most about once a second, and at least every 10 s even when nothing moved, so a watcher
-can tell a live job from a dead one. The status marker is made final first, then
+runs — at most once a second, backing off to every 10 s (even when nothing moved, so a watcher
+can tell a live job from a dead one). The status marker is made final first, then
 ``<target>.result.json`` is written once, last: its existence means the job is finished.
 """
 
@@ -177,7 +177,10 @@ class MarkerWriter:
         self._ticker.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(MIN_INTERVAL):
+        """Refresh after 1 s, then 2, 4, 8 and every 10 s: quick feedback on short jobs, few
+        billed writes on long ones, and a heartbeat at least every 10 s."""
+        interval = MIN_INTERVAL
+        while not self._stop.wait(interval):
             changed = self.progress.version != self._written_version
             if changed or time.monotonic() - self._written_at >= HEARTBEAT:
                 try:
@@ -185,6 +188,7 @@ class MarkerWriter:
                 except Exception as exc:  # a missed refresh must not kill the job
                     if self.log is not None:
                         self.log.warning("status_marker_failed", error=str(exc))
+            interval = min(HEARTBEAT, interval * 2)
 
     def stop(self) -> None:
         self._stop.set()
