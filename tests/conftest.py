@@ -28,6 +28,13 @@ TEST_CREDENTIALS = {
 }
 
 
+# Secret values the suite configures; _no_secret_leaks fails the run if any reaches a log file or
+# a marker (or any other JSON object) written during the session.
+SHARED_SECRET = "suite-shared-secret-8f3a2c"
+EVENT_SECRET = "suite-event-secret-51c9d4"
+SECRET_VALUES = (TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], SHARED_SECRET, EVENT_SECRET)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -94,7 +101,10 @@ def s3_server() -> Iterator[S3Server]:
     )
     try:
         _wait_for_port(port, proc)
-        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}", port=port)
+        server = S3Server(endpoint_url=f"http://127.0.0.1:{port}", port=port)
+        _SESSION_SERVER["server"] = server
+        yield server
+        _SESSION_SERVER.pop("server", None)
     finally:
         proc.terminate()
         try:
@@ -160,3 +170,61 @@ def verify_zip(path: Path, expected: Mapping[str, bytes]) -> zipfile.ZipFile:
 def download(s3, bucket: str, key: str, dest: Path) -> Path:
     s3.download_file(bucket, key, str(dest))
     return dest
+
+
+def secret_hits(text: str, where: str) -> list[str]:
+    return [f"{where}: {secret[:6]}..." for secret in SECRET_VALUES if secret in text]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole session: grep every log file the tests' daemons wrote, and every JSON object
+    (markers, indexes, claims, manifests) left on the session's S3 server, for secret values."""
+    yield
+    leaks: list[str] = []
+    for path in tmp_path_factory.getbasetemp().rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".json", ".yaml", ".txt"):
+            text = path.read_text(errors="replace")
+            leaks += secret_hits(text, str(path))
+    server = _SESSION_SERVER.get("server")
+    if server is not None:
+        s3 = server.client()
+        for bucket in s3.list_buckets().get("Buckets", []):
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"])
+            for obj in (o for page in pages for o in page.get("Contents", [])):
+                if not obj["Key"].endswith(".json") or obj["Size"] > 64 * 1024 * 1024:
+                    continue
+                body = s3.get_object(Bucket=bucket["Name"], Key=obj["Key"])["Body"].read()
+                text = body.decode(errors="replace")
+                leaks += [
+                    f"s3://{bucket['Name']}/{obj['Key']}: {secret[:6]}..."
+                    for secret in SECRET_VALUES
+                    if secret in text
+                ]
+    assert not leaks, "secret values leaked:\n" + "\n".join(leaks)
+
+
+_SESSION_SERVER: dict[str, S3Server] = {}
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, s3_env: dict[str, str]):
+    """Start ``b2-zip-watcher run`` subprocesses: ``daemons(config, name=, env=, endpoint=)``;
+    every one still running is stopped at the end of the test."""
+    from daemonproc import DaemonProcess
+
+    started: list[DaemonProcess] = []
+
+    def start(
+        config: Path, *, name: str = "d", env: dict | None = None, endpoint: str | None = None
+    ) -> DaemonProcess:
+        environ = {**s3_env, **(env or {})}
+        if endpoint:
+            environ["AWS_ENDPOINT_URL"] = endpoint
+        proc = DaemonProcess(config, environ, tmp_path / f"{name}.log")
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import deterministic_bytes, put_objects, verify_zip
-from daemonproc import DaemonProcess, list_keys, read_json, wait_until, write_config
+from daemonproc import list_keys, read_json, wait_until, write_config
 
 PREFIX = "zip-requests/"
 
@@ -30,20 +30,6 @@ def fetch_zip(s3, bucket: str, key: str, tmp_path):
     path = tmp_path / key.replace("/", "_")
     s3.download_file(bucket, key, str(path))
     return path
-
-
-@pytest.fixture
-def daemons(tmp_path, s3_env):
-    started: list[DaemonProcess] = []
-
-    def start(config, *, name: str = "d", env: dict | None = None) -> DaemonProcess:
-        proc = DaemonProcess(config, {**s3_env, **(env or {})}, tmp_path / f"{name}.log")
-        started.append(proc.start())
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def test_several_manifests_dropped_at_once_all_succeed_and_are_filed(s3, bucket, tmp_path, daemons):

@@ -11,11 +11,8 @@ import urllib.request
 from typing import Any
 
 import pytest
-from conftest import free_port, put_objects, verify_zip
+from conftest import EVENT_SECRET, SHARED_SECRET, free_port, put_objects, verify_zip
 from daemonproc import DaemonProcess, read_json, wait_until, write_config
-
-SECRET = "http-test-shared-secret-42"
-EVENT_SECRET = "http-test-event-secret-77"
 
 
 def request(
@@ -31,7 +28,7 @@ def request(
         return exc.code, exc.headers, exc.read()
 
 
-AUTH = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
+AUTH = {"Authorization": f"Bearer {SHARED_SECRET}", "Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -44,7 +41,7 @@ def http_daemon(tmp_path, s3_env):
     )
     proc = DaemonProcess(
         config,
-        {**s3_env, "SHARED_SECRET": SECRET, "B2_EVENT_SECRET": EVENT_SECRET},
+        {**s3_env, "SHARED_SECRET": SHARED_SECRET, "B2_EVENT_SECRET": EVENT_SECRET},
         tmp_path / "d.log",
     ).start()
     wait_until(
@@ -117,7 +114,7 @@ def test_post_runs_the_job_and_every_route_answers(http_daemon, s3, bucket, tmp_
     assert status == 401 and "Bearer" in headers["WWW-Authenticate"]
     assert request(port, "GET", "/nowhere", headers=AUTH)[0] == 404
     log = proc.log_path.read_text()
-    assert "not-the-secret-xyz" not in log and SECRET not in log and EVENT_SECRET not in log
+    assert "not-the-secret-xyz" not in log and SHARED_SECRET not in log and EVENT_SECRET not in log
 
 
 def test_signed_b2_event_starts_a_dropped_manifest_before_the_next_poll(http_daemon, s3, bucket):

@@ -15,8 +15,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import deterministic_bytes, put_objects, verify_zip
-from daemonproc import DaemonProcess, list_keys, read_json, wait_until, write_config
+from conftest import SHARED_SECRET, deterministic_bytes, put_objects, verify_zip
+from daemonproc import list_keys, read_json, wait_until, write_config
 from faultproxy import Fault, FaultProxy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,23 +63,6 @@ def check_all_succeeded(s3, bucket, objects, jobs, tmp_path) -> None:
     pending = [k for k in list_keys(s3, bucket, PREFIX) if k.count("/") == 1]
     assert pending == [], f"manifests left in the requests prefix: {pending}"
     assert len(list_keys(s3, bucket, PREFIX + "done/")) == jobs
-
-
-@pytest.fixture
-def daemons(tmp_path, s3_env):
-    started: list[DaemonProcess] = []
-
-    def start(config, *, name="d", env=None, endpoint=None) -> DaemonProcess:
-        environ = {**s3_env, **(env or {})}
-        if endpoint:
-            environ["AWS_ENDPOINT_URL"] = endpoint
-        proc = DaemonProcess(config, environ, tmp_path / f"{name}.log")
-        started.append(proc.start())
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 # -- 1. faults between the daemon and the store -------------------------------------------------
@@ -379,7 +362,7 @@ def test_http_concurrent_posts_and_slow_clients(s3, bucket, tmp_path, daemons):
 
     from conftest import free_port
 
-    secret = "reliability-http-secret"
+    secret = SHARED_SECRET
     port = free_port()
     put_objects(s3, bucket, {"k.txt": b"k"})
     daemon = daemons(
