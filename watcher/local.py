@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,7 @@ class LocalS3:
             raise ConfigError(
                 "--local", "the embedded S3 server needs the 'local' extra: pip install '.[local]'"
             ) from None
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
