@@ -284,32 +284,44 @@ class _ReadAhead:
             self.next_to_submit += 1
 
     def _run(self, fetch: _Fetch) -> None:
+        """GET one entry; every chunk's memory is reserved in the budget *before* it is read."""
+        held = 0
         try:
             if self.budget.closed:
                 return
             with self.store.open_object(self.bucket, fetch.entry.key) as reader:
                 fetch.size = reader.size
                 fetch.last_modified = reader.last_modified
+                # a raw chunk and its compressed piece, at the very worst
+                reserve = 2 * min(READ_CHUNK, reader.size) + 4096
+                self.budget.acquire(fetch.index, reserve)
+                held = reserve
                 chunks = reader.iter_chunks(READ_CHUNK)
-                first = next(chunks, b"")
+                chunk = next(chunks, b"")
                 fetch.method, fetch.level = decide(
-                    self.plan.compression, self.plan.level, fetch.entry.name, first, reader.size
+                    self.plan.compression, self.plan.level, fetch.entry.name, chunk, reader.size
                 )
                 fetch.opened.set()
                 compressor = _compressobj(fetch.level) if fetch.method == "deflate" else None
-                for chunk in _prepend(first, chunks):
+                while chunk:
                     fetch.crc = crc32(chunk, fetch.crc)
                     packed = compressor.compress(chunk) if compressor is not None else b""
-                    self.budget.acquire(fetch.index, len(chunk) + len(packed))
+                    self.budget.release(fetch.index, held - len(chunk) - len(packed))
+                    held = 0
                     if self.budget.closed:
                         return
-                    fetch.put((chunk, packed))
+                    fetch.put((chunk, packed))  # the consumer releases its bytes
+                    self.budget.acquire(fetch.index, reserve)
+                    held = reserve
+                    chunk = next(chunks, b"")
                 if compressor is not None:
                     fetch.tail = compressor.flush()
         except BaseException as exc:  # handed to the consumer, which decides
             fetch.error = exc
             fetch.opened.set()
         finally:
+            if held:
+                self.budget.release(fetch.index, held)
             fetch.put(_END)
 
     def take(self, index: int) -> _Fetch:
