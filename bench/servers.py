@@ -121,9 +121,10 @@ def request_shape(line: bytes) -> str:
         method, target, _ = line.decode("latin-1").split(" ", 2)
     except ValueError:
         return "?"
-    query = target.partition("?")[2]
+    path, _, query = target.partition("?")
     keys = sorted(p.partition("=")[0] for p in query.split("&") if p)
-    return f"{method} {'&'.join(keys)}".strip()
+    shape = f"{method} {'&'.join(keys)}".strip()
+    return f"{shape} (status marker)" if path.endswith(".status.json") else shape
 
 
 class LatencyProxy:

@@ -188,7 +188,10 @@ class Daemon:
             running.cancel.set()
         for running in pending:
             if running.future is not None:
-                running.future.exception(timeout=60)
+                try:
+                    running.future.exception(timeout=60)
+                except TimeoutError:
+                    self.log.error("job_did_not_stop", manifest=running.key)
         self._scheduler.shutdown(wait=False)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.log.info("daemon_stopped")
@@ -199,7 +202,8 @@ class Daemon:
         if self._stopping.is_set():
             return
         now = time.monotonic()
-        if not self._wake.is_set() and now < self._next_poll:
+        periodic = self.settings.watch.enabled and now >= self._next_poll
+        if not self._wake.is_set() and not periodic:
             return
         self._wake.clear()
         if self.running_jobs() >= self.settings.watch.max_concurrent_jobs:
