@@ -198,3 +198,37 @@ def test_sigterm_mid_job_lets_it_finish_within_the_grace_period(s3, bucket, tmp_
     assert result is not None and result["state"] == "succeeded"
     verify_zip(fetch_zip(s3, bucket, "out/mid.zip", tmp_path), {"mid.bin": body})
     assert f"{PREFIX}done/mid.json" in list_keys(s3, bucket, PREFIX)
+
+
+def test_submit_wait_and_status_commands(s3, bucket, tmp_path, daemons, s3_env):
+    import subprocess
+    import sys
+
+    put_objects(s3, bucket, {"a.txt": b"alpha"})
+    config = write_config(tmp_path / "c.yaml")
+    daemons(config)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"files": ["a.txt"], "target": "out/submitted.zip"}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"files": ["absent.txt"], "target": "out/never.zip"}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
+            env={**s3_env, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    ok = cli("submit", str(good), "--wait")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "succeeded" in ok.stdout
+    status = cli("status", "out/submitted.zip")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "succeeded"
+    failed = cli("submit", str(bad), "--wait")
+    assert failed.returncode == 1 and "missing_input" in failed.stdout
+    unknown = cli("status", "out/nothing-here.zip")
+    assert unknown.returncode == 1
+    verify_zip(fetch_zip(s3, bucket, "out/submitted.zip", tmp_path), {"a.txt": b"alpha"})
