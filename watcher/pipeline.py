@@ -9,13 +9,14 @@ Three kinds of threads work at once:
   fast levels, zlib-ng for the dense ones, see :func:`deflate_backend`);
 * uploaders (``upload_concurrency``) send finished parts; a semaphore caps the part buffers alive.
 
-Peak memory is therefore about ``read_ahead_bytes + (upload_concurrency + 1) × part size``,
-whatever the archive's size. An archive that fits in its first part is sent with one PutObject;
+Peak memory is therefore about ``read_ahead_bytes + HEAD_ALLOWANCE + (upload_concurrency + 1) ×
+part size`` (32 + 8 + 4 × 9 MiB with the defaults, ~140 MiB RSS in all), whatever the archive's
+size. An archive that fits in its first part is sent with one PutObject;
 anything larger goes through a multipart upload that is aborted on any failure.
 
 Compression (``compression: auto``) is decided per entry by :func:`choose_method`. A truly STORED
 entry needs its CRC-32 before its bytes (stream-zip buffers it otherwise), so: stored entries up
-to :data:`STORE_BUFFER_LIMIT` are buffered (they are in the read-ahead window anyway); larger
+to :data:`STORE_BUFFER_LIMIT` are buffered (no more than the head allowance holds anyway); larger
 entries that ``auto`` finds incompressible are deflated at ISA-L's fastest level, which costs
 0.01 % over their size at several hundred MB/s; larger entries under an explicit
 ``compression: store`` get a CRC pass (one extra GET) and are then streamed stored.
@@ -33,9 +34,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_32, ZIP_64, stream_zip
+from stream_zip import (
+    NO_COMPRESSION_32,
+    NO_COMPRESSION_64,
+    ZIP_32,
+    ZIP_64,
+    ZipIntegrityError,
+    stream_zip,
+)
 
-from watcher.errors import InternalError, JobCancelled, JobError, MissingInput
+from watcher.errors import InternalError, JobCancelled, JobError, MissingInput, StorageError
 from watcher.markers import EntryResult, Progress
 
 if TYPE_CHECKING:
@@ -60,8 +68,10 @@ MIN_PART = 8 * MiB
 MAX_PART = 5 * GiB
 MAX_PARTS = 10_000
 READ_CHUNK = 1 * MiB
-STORE_BUFFER_LIMIT = 16 * MiB
 HEAD_ALLOWANCE = 8 * MiB
+# A buffered stored entry is the head entry's bytes held at once: no more than its allowance, so
+# buffering never adds to the memory bound.
+STORE_BUFFER_LIMIT = HEAD_ALLOWANCE
 SAMPLE_BYTES = 64 * 1024
 ZIP32_LIMIT = 0xFFFFFFFF
 ZIP32_ENTRIES = 0xFFFF
@@ -221,6 +231,7 @@ class _Fetch:
     ready: threading.Condition = field(default_factory=threading.Condition)
     size: int | None = None
     last_modified: datetime | None = None
+    etag: str | None = None
     method: str = "deflate"
     level: int = 1
     compressed: collections.deque = field(default_factory=collections.deque)
@@ -297,6 +308,7 @@ class _ReadAhead:
             with self.store.open_object(self.bucket, fetch.entry.key) as reader:
                 fetch.size = reader.size
                 fetch.last_modified = reader.last_modified
+                fetch.etag = reader.etag
                 # a raw chunk and its compressed piece, at the very worst
                 reserve = 2 * min(READ_CHUNK, reader.size) + 4096
                 self.budget.acquire(fetch.index, reserve)
@@ -406,9 +418,10 @@ class _PartWriter:
         self._check()
         if self.upload is None:
             self.upload = self.store.multipart(self.bucket, self.key).__enter__()
+        # A slot first, then the join: a waiting part stays in pieces, never in two copies.
+        self.slots.acquire()
         body = b"".join(self.buffer)
         self.buffer, self.buffered = [], 0
-        self.slots.acquire()
         number, self.part_number = self.part_number, self.part_number + 1
         self.futures.append(self.pool.submit(self._send, number, body))
 
@@ -589,10 +602,16 @@ def write_zip(
             raise MissingInput("every input was missing: no archive was written")
         writer.finish()
     except BaseException as exc:
-        writer.abort()
-        reads.close()
+        try:
+            writer.abort()
+        finally:
+            reads.close()
         if isinstance(exc, (JobError, KeyboardInterrupt)):
             raise
+        if isinstance(exc, ZipIntegrityError):
+            member = state["member"]
+            key = member.entry.key if member is not None else "an input"
+            raise StorageError(f"{key} changed while being read; run the job again") from exc
         if type(exc).__module__.startswith("stream_zip"):
             raise InternalError(f"the ZIP could not be written: {type(exc).__name__}") from exc
         raise
@@ -600,20 +619,18 @@ def write_zip(
     reads.close()
 
 
-def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    if first:
-        yield first
-    yield from rest
-
-
 def _crc_pass(
     store: Store, bucket: str, key: str, fetch: _Fetch, cancelled: Callable[[], bool]
 ) -> int:
-    """CRC-32 of an object by reading it once more (explicit ``store`` of a big entry)."""
+    """CRC-32 of an object by reading it once more (explicit ``store`` of a big entry).
+
+    The second read must see the same object as the first (size and ETag); stream-zip checks the
+    CRC again as the stored bytes pass, so a change that slips between them fails the job too.
+    """
     value = 0
     with store.open_object(bucket, key) as reader:
-        if reader.etag and fetch.size is not None and reader.size != fetch.size:
-            raise InternalError(f"s3://{bucket}/{key} changed while being read")
+        if reader.size != fetch.size or (reader.etag and fetch.etag and reader.etag != fetch.etag):
+            raise StorageError(f"s3://{bucket}/{key} changed while being read; run the job again")
         for chunk in reader.iter_chunks(READ_CHUNK):
             if cancelled():
                 raise JobCancelled("the job was cancelled")

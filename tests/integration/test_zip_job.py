@@ -224,6 +224,8 @@ def test_failure_leaves_the_previous_target_untouched_and_no_upload(s3_server, s
     assert not uploads(s3, bucket)
 
 
+@pytest.mark.slow  # 65,600 GETs over HTTP: minutes on a shared machine
+@pytest.mark.timeout(1200)
 def test_more_than_65535_entries_uses_zip64(s3_server, s3, bucket, tmp_path):
     put_objects(s3, bucket, {"one.txt": b"1", "two.txt": b"22"})
     files = [
