@@ -3,7 +3,9 @@
 ``run_job`` is what both the daemon and ``b2-zip-watcher zip`` call. A job's failure is data: it
 returns an :class:`Outcome` and has written the result marker (when the manifest named a usable
 target). Only :class:`JobCancelled` propagates — after the upload was aborted and with no result
-marker, because a cancelled job is run again, here or by another daemon.
+marker, because a cancelled job is run again, here or by another daemon — and the store's own
+error when the markers themselves cannot be written (an unwritable output bucket): then nothing
+records the job, and the daemon leaves its manifest in place to be run again.
 """
 
 from __future__ import annotations

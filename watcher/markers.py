@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,18 @@ class EntryResult:
     compressed_size: int
     crc32: int
     method: str  # "deflate" | "store"
+
+    def to_json(self) -> dict[str, Any]:
+        """The marker's entry object (written out by hand: ``asdict`` is 10x slower, and a big
+        job's result marker lists 100,000 of them)."""
+        return {
+            "name": self.name,
+            "key": self.key,
+            "size": self.size,
+            "compressed_size": self.compressed_size,
+            "crc32": self.crc32,
+            "method": self.method,
+        }
 
 
 @dataclass
@@ -121,7 +133,7 @@ def result_doc(
     """The result marker: every field of the contract's table, entries in archive order."""
     state = "succeeded" if error is None else "failed"
     with progress._lock:
-        entries = [asdict(e) for e in progress.entries]
+        entries = [e.to_json() for e in progress.entries]
         skipped = list(progress.skipped)
     document = status_doc(info, state, progress, finished_at)
     document.update(
