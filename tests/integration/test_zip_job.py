@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
-from conftest import deterministic_bytes, put_objects, verify_zip
+from conftest import RESULT_FIELDS, deterministic_bytes, put_objects, verify_zip
 from faultproxy import Fault, FaultProxy
 
 from watcher.config import from_mapping
@@ -62,25 +62,7 @@ def check_result_against_zip(result: dict, path) -> None:
             entry["method"]
             == {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_STORED: "store"}[info.compress_type]
         )
-    for field in (
-        "job_id",
-        "state",
-        "target",
-        "bucket",
-        "manifest",
-        "files_total",
-        "files_done",
-        "bytes_read",
-        "bytes_written",
-        "started_at",
-        "updated_at",
-        "finished_at",
-        "duration_seconds",
-        "entries",
-        "skipped",
-        "error",
-    ):
-        assert field in result, field
+    assert RESULT_FIELDS <= set(result), RESULT_FIELDS - set(result)
     assert result["bytes_written"] == path.stat().st_size
 
 
@@ -308,3 +290,26 @@ def test_entry_times_before_1980_are_clamped(stamp):
     from watcher.pipeline import clamp_mtime
 
     assert clamp_mtime(stamp).year == 1980
+
+
+def test_invalid_manifest_fails_with_a_marker_when_its_target_is_usable(s3_server, s3, bucket):
+    put_objects(s3, bucket, {"a.txt": b"a"})
+    outcome, _ = run(
+        s3_server,
+        bucket,
+        {"files": ["a.txt", "/abs.txt"], "target": "out/invalid.zip"},
+    )
+    assert outcome.state == "failed" and outcome.error.code == "invalid_manifest"
+    result = marker(s3, bucket, "out/invalid.zip.result.json")
+    assert result["error"]["code"] == "invalid_manifest"
+    assert "/abs.txt" in result["error"]["message"]
+    assert result["job_id"] == outcome.job_id and result["manifest"] is None
+    assert result["entries"] == [] and result["files_done"] == 0
+    assert marker(s3, bucket, "out/invalid.zip.status.json")["state"] == "failed"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "out/invalid.zip" not in keys
+
+    outcome, _ = run(s3_server, bucket, {"files": ["a.txt"], "target": 42})
+    assert outcome.state == "failed" and outcome.target is None and outcome.result is None
+    after = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert sorted(after) == sorted(keys), "a manifest without a usable target writes nothing"
