@@ -227,33 +227,28 @@ def raw_copy(s3, objs: list[Obj], gets: int = 16, puts: int = 4, part: int = 8 *
 
     threading.Thread(target=reader, daemon=True).start()
     with ThreadPoolExecutor(puts) as pool:
-        futures, buffer, size, number = [], [], 0, 1
-        while (chunk := chunks.get()) is not None:
-            buffer.append(chunk)
-            size += len(chunk)
-            if size >= part:
-                futures.append(
-                    pool.submit(
-                        s3.upload_part,
-                        Bucket=BUCKET,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=b"".join(buffer),
-                    )
-                )
-                buffer, size, number = [], 0, number + 1
-        if buffer:
+        futures, buffer, size = [], [], 0
+
+        def send(pieces: list[bytes]) -> None:
             futures.append(
                 pool.submit(
                     s3.upload_part,
                     Bucket=BUCKET,
                     Key=key,
                     UploadId=upload_id,
-                    PartNumber=number,
-                    Body=b"".join(buffer),
+                    PartNumber=len(futures) + 1,
+                    Body=b"".join(pieces),
                 )
             )
+
+        while (chunk := chunks.get()) is not None:
+            buffer.append(chunk)
+            size += len(chunk)
+            if size >= part:
+                send(buffer)
+                buffer, size = [], 0
+        if buffer:
+            send(buffer)
         parts = [{"PartNumber": i + 1, "ETag": f.result()["ETag"]} for i, f in enumerate(futures)]
     s3.complete_multipart_upload(
         Bucket=BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}

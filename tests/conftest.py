@@ -35,6 +35,29 @@ EVENT_SECRET = "suite-event-secret-51c9d4"
 SECRET_VALUES = (TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], SHARED_SECRET, EVENT_SECRET)
 
 
+# Every field CONTRACT §4 requires in a result marker.
+RESULT_FIELDS = frozenset(
+    {
+        "job_id",
+        "state",
+        "target",
+        "bucket",
+        "manifest",
+        "files_total",
+        "files_done",
+        "bytes_read",
+        "bytes_written",
+        "started_at",
+        "updated_at",
+        "finished_at",
+        "duration_seconds",
+        "entries",
+        "skipped",
+        "error",
+    }
+)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

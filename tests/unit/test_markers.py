@@ -6,28 +6,11 @@ import threading
 import time
 from datetime import UTC, datetime
 
+from conftest import RESULT_FIELDS
+
 from watcher import markers
 from watcher.errors import MissingInput
 from watcher.markers import EntryResult, JobInfo, MarkerWriter, Progress, result_doc
-
-FIELDS = {
-    "job_id",
-    "state",
-    "target",
-    "bucket",
-    "manifest",
-    "files_total",
-    "files_done",
-    "bytes_read",
-    "bytes_written",
-    "started_at",
-    "updated_at",
-    "finished_at",
-    "duration_seconds",
-    "entries",
-    "skipped",
-    "error",
-}
 
 
 class FakeStore:
@@ -56,7 +39,7 @@ def test_result_marker_has_every_field_and_the_error_code():
         error=MissingInput("s3://b/gone does not exist"),
         finished_at=datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC),
     )
-    assert FIELDS <= set(doc)
+    assert RESULT_FIELDS <= set(doc)
     assert doc["state"] == "failed" and doc["error"]["code"] == "missing_input"
     assert doc["duration_seconds"] == 2.0 and doc["started_at"] == "2026-01-01T00:00:00.000Z"
     assert doc["entries"] == [
