@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from watcher.errors import InternalError, JobCancelled, JobError
-from watcher.manifest import guess_target, job_id_for, parse_manifest
+from watcher.manifest import guess_id, guess_target, job_id_for, parse_manifest
 from watcher.markers import JobInfo, MarkerWriter, Progress
 from watcher.pipeline import MiB, PipelineLimits, write_zip
 from watcher.plan import build_plan
@@ -67,7 +67,7 @@ def run_job(
     try:
         manifest = parse_manifest(raw_manifest, requests_prefix=prefix)
     except JobError as exc:
-        job_id = job_id or job_id_for(None, manifest_key)
+        job_id = job_id or guess_id(raw_manifest) or job_id_for(None, manifest_key)
         log = log.bind(job_id=job_id)
         target = guess_target(raw_manifest, requests_prefix=prefix)
         log.error("manifest_rejected", code=exc.code, error=exc.message, target=target)

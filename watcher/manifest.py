@@ -260,3 +260,12 @@ def guess_target(raw: bytes, *, requests_prefix: str) -> str | None:
         return check_target(document.get("target"), requests_prefix=requests_prefix)
     except (InvalidManifest, TargetConflict):
         return None
+
+
+def guess_id(raw: bytes) -> str | None:
+    """The ``id`` of a rejected manifest when it gave a valid one, so its markers carry it."""
+    try:
+        job_id = decode(raw).get("id")
+    except InvalidManifest:
+        return None
+    return job_id if isinstance(job_id, str) and _ID_RE.fullmatch(job_id) else None

@@ -226,6 +226,14 @@ def test_job_id_is_stable_for_a_manifest_key_and_the_id_field_wins():
     assert job_id_for(None, None) != job_id_for(None, None)
 
 
+def test_guess_id_keeps_a_rejected_manifests_own_valid_id():
+    from watcher.manifest import guess_id
+
+    assert guess_id(b'{"files": [], "target": "t", "id": "mine-1"}') == "mine-1"
+    assert guess_id(b'{"files": [], "id": "../bad"}') is None
+    assert guess_id(b"{broken") is None
+
+
 def test_guess_target_only_returns_usable_targets():
     assert guess_target(b'{"files": [], "target": "out/x.zip"}', requests_prefix=PREFIX) == (
         "out/x.zip"
