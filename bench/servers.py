@@ -185,7 +185,15 @@ class LatencyProxy:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        await asyncio.gather(self._requests(reader, up_writer), self._responses(up_reader, writer))
+        try:
+            await asyncio.gather(
+                self._requests(reader, up_writer), self._responses(up_reader, writer)
+            )
+        except asyncio.CancelledError:
+            # stop() cancels open connections. Ending quietly instead of re-raising keeps
+            # Python 3.11's start_server callback from logging a traceback for each one.
+            writer.close()
+            up_writer.close()
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
