@@ -87,13 +87,57 @@ def signature_ok(header: str | None, body: bytes, secret: str) -> bool:
     return matched
 
 
-def manifest_keys(events: list[dict], prefix: str) -> list[str]:
-    """Keys of created manifests directly in the requests prefix (pure; ignores the rest)."""
+def request_path(environ: dict) -> str:
+    """PATH_INFO as the client wrote it: WSGI hands it over as bytes decoded as Latin-1."""
+    raw = environ.get("PATH_INFO", "") or "/"
+    return raw.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+MAX_EVENTS = 50
+_EVENT_FIELD_TYPES = {
+    "eventType": str,
+    "objectName": str,
+    "bucketName": str,
+    "eventId": str,
+    "eventTimestamp": int,
+}
+
+
+def parse_events(body: bytes) -> list[dict] | str:
+    """The events of a B2 notification body, or why it is not one (pure).
+
+    The envelope is ``{"events": [...]}`` with 1-50 objects; the fields B2 documents must have
+    their documented types where present. Other fields are left alone: B2 may add some.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "the body is not JSON"
+    events = document.get("events") if isinstance(document, dict) else None
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
+        return f'expected {{"events": [...]}} with 1 to {MAX_EVENTS} events'
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            return f"events[{i}]: must be an object"
+        for field, kind in _EVENT_FIELD_TYPES.items():
+            value = event.get(field, kind())
+            if not isinstance(value, kind) or isinstance(value, bool):
+                return f"events[{i}].{field}: must be a {kind.__name__}"
+    return events
+
+
+def manifest_keys(events: list[dict], prefix: str, bucket: str | None = None) -> list[str]:
+    """Keys of created manifests directly in the requests prefix of ``bucket`` (pure).
+
+    Events of other buckets (a rule shared by several buckets) and of other keys are ignored.
+    """
     keys = []
     for event in events:
         kind = str(event.get("eventType", ""))
         key = event.get("objectName")
         if not kind.startswith("b2:ObjectCreated:") or not isinstance(key, str):
+            continue
+        if bucket is not None and event.get("bucketName", bucket) != bucket:
             continue
         rest = key[len(prefix) :] if key.startswith(prefix) else None
         if rest and "/" not in rest and rest.endswith(".json") and not rest.startswith("."):
@@ -178,21 +222,18 @@ def make_app(
             return error(start, 413 if body == 413 else 400, "bad_request", "body refused")
         if not signature_ok(environ.get(SIGNATURE_HEADER), body, b2_event_secret or ""):
             return error(start, 401, "unauthorized", "bad or missing event signature")
-        try:
-            events = json.loads(body).get("events")
-        except (ValueError, AttributeError):
-            events = None
-        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            return error(start, 400, "bad_request", 'expected {"events": [...]}')
-        fresh = [e for e in events if seen.first_time(str(e.get("eventId", id(e))))]
-        keys = manifest_keys(fresh, backend.requests_prefix)
+        events = parse_events(body)
+        if isinstance(events, str):
+            return error(start, 400, "bad_request", events)
+        fresh = [e for e in events if not e.get("eventId") or seen.first_time(e["eventId"])]
+        keys = manifest_keys(fresh, backend.requests_prefix, backend.watch_bucket)
         if keys:
             backend.wake(keys)
         return respond(start, 200, {"accepted": len(keys), "ignored": len(events) - len(keys)})
 
     def route(environ: dict, start: Callable) -> list:
         method = environ["REQUEST_METHOD"]
-        path = environ.get("PATH_INFO", "") or "/"
+        path = request_path(environ)
         if path == "/healthz":
             return (
                 respond(start, 200, {"status": "ok"})
@@ -254,7 +295,7 @@ def make_app(
             log.info(
                 "http_request",
                 method=environ.get("REQUEST_METHOD"),
-                path=environ.get("PATH_INFO"),
+                path=request_path(environ)[:200],
                 status=int(seen_status[0].split()[0]) if seen_status else None,
                 ms=round((time.monotonic() - started) * 1000, 1),
             )

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from watcher.manifest import parse_manifest
+from watcher.manifest import is_job_id, parse_manifest
 
 if TYPE_CHECKING:
     from watcher.config import Settings
@@ -76,8 +76,8 @@ def record_job(
 
 
 def lookup_job(store: Store, settings: Settings, job_id: str) -> dict | None:
-    """The job's index entry, or None for an unknown (or malformed) id."""
-    if not job_id or "/" in job_id or len(job_id) > 128:
+    """The job's index entry, or None for an unknown id (a malformed one costs no request)."""
+    if not is_job_id(job_id):
         return None
     raw = store.get_bytes(
         settings.watch_bucket, job_index_key(settings.watch.prefix, job_id), max_bytes=64 * 1024

@@ -227,7 +227,7 @@ def parse_manifest(raw: bytes, *, requests_prefix: str) -> Manifest:
         if spec.key == target:
             raise TargetConflict(f"target: {_show(target)} is also an input (files[{i}])")
     job_id = document.get("id")
-    if job_id is not None and (not isinstance(job_id, str) or not _ID_RE.fullmatch(job_id)):
+    if job_id is not None and not is_job_id(job_id):
         raise InvalidManifest(
             f"id: {_show(job_id)} must be 1-128 characters of A-Z a-z 0-9 . _ - "
             "(not starting with '.')"
@@ -239,6 +239,11 @@ def parse_manifest(raw: bytes, *, requests_prefix: str) -> Manifest:
         missing=_optional_choice(document, "missing", MISSING_MODES),
         id=job_id,
     )
+
+
+def is_job_id(value: object) -> bool:
+    """Whether ``value`` has the form of a job id (every id :func:`job_id_for` gives has it)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 def job_id_for(manifest: Manifest | None, manifest_key: str | None) -> str:
@@ -268,4 +273,4 @@ def guess_id(raw: bytes) -> str | None:
         job_id = decode(raw).get("id")
     except InvalidManifest:
         return None
-    return job_id if isinstance(job_id, str) and _ID_RE.fullmatch(job_id) else None
+    return job_id if is_job_id(job_id) else None

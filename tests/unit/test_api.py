@@ -12,7 +12,7 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 import structlog
 
-from watcher.api import bearer_ok, make_app, manifest_keys, signature_ok
+from watcher.api import bearer_ok, make_app, manifest_keys, parse_events, signature_ok
 from watcher.errors import InvalidManifest, StorageError
 from watcher.metrics import Metrics
 
@@ -277,6 +277,36 @@ def test_replayed_body_with_changed_signature_or_changed_body_is_401(app):
     )
 
 
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "events"),
+        (events_body(), "1 to 50"),
+        (events_body(*[created(f"zip-requests/{i}.json", f"e{i}") for i in range(51)]), "1 to 50"),
+        (events_body("text"), "events[0]: must be an object"),
+        (events_body({**created("zip-requests/a.json"), "eventTimestamp": {}}), "eventTimestamp"),
+        (events_body({**created("zip-requests/a.json"), "eventTimestamp": True}), "eventTimestamp"),
+        (events_body(created("zip-requests/a.json"), {"objectName": None}), "events[1].objectName"),
+    ],
+)
+def test_signed_body_that_is_not_a_b2_notification_is_400(app, backend, body, needle):
+    r = call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": sign(body)})
+    assert r["status"] == 400
+    assert needle in json.loads(r["body"])["error"]["message"]
+    assert backend.woken == []
+
+
+def test_events_of_other_buckets_are_ignored(app, backend):
+    body = events_body(
+        {**created("zip-requests/a.json", "b1"), "bucketName": "someone-else"},
+        created("zip-requests/b.json", "b2"),
+    )
+    r = call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": sign(body)})
+    assert json.loads(r["body"]) == {"accepted": 1, "ignored": 1}
+    assert backend.woken == [["zip-requests/b.json"]]
+
+
 def test_test_event_gets_200(app, backend):
     body = events_body({"eventType": "b2:TestEvent", "eventId": "t"})
     r = call(app, "POST", "/b2-events", body, {"X-Bz-Event-Notification-Signature": sign(body)})
@@ -321,6 +351,8 @@ def test_pure_helpers():
         ],
         "zip-requests/",
     ) == ["zip-requests/ok.json"]
+    extra_fields = {**created("zip-requests/a.json"), "eventVersion": 1, "objectSize": 5}
+    assert parse_events(events_body(extra_fields)) == [extra_fields]
 
 
 def _resolve(spec: dict, node: dict) -> dict:

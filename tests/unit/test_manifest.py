@@ -14,6 +14,7 @@ from watcher.manifest import (
     MAX_MANIFEST_BYTES,
     FileSpec,
     guess_target,
+    is_job_id,
     job_id_for,
     parse_manifest,
     validate_entry_name,
@@ -216,6 +217,14 @@ def test_same_key_under_two_names_is_allowed():
     assert [f.name for f in manifest.files] == ["a", "copy/a"]
 
 
+def test_null_in_an_optional_field_means_the_field_is_absent():
+    files = ["a.txt", {"key": "b.txt", "name": None}, {"prefix": "p/", "name": None}]
+    manifest = parse(ok(files=files, compression=None, missing=None, id=None))
+    assert manifest == parse(ok(files=["a.txt", {"key": "b.txt"}, {"prefix": "p/"}]))
+    assert [f.name for f in manifest.files] == ["a.txt", "b.txt", "p/"]
+    assert (manifest.compression, manifest.missing, manifest.id) == (None, None, None)
+
+
 def test_job_id_is_stable_for_a_manifest_key_and_the_id_field_wins():
     manifest = parse(ok())
     first = job_id_for(manifest, PREFIX + "nightly backup.json")
@@ -224,6 +233,15 @@ def test_job_id_is_stable_for_a_manifest_key_and_the_id_field_wins():
     assert first != job_id_for(manifest, PREFIX + "other.json")
     assert job_id_for(parse(ok(id="mine")), PREFIX + "x.json") == "mine"
     assert job_id_for(None, None) != job_id_for(None, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_every_assigned_job_id_has_the_form_of_an_id(name):
+    # GET /jobs/<id> answers 404 without a store request for anything that is not of this form.
+    assert is_job_id(job_id_for(None, PREFIX + name + ".json"))
+    assert is_job_id(job_id_for(None, None))
+    assert not is_job_id(name) or len(name) <= 128
 
 
 def test_guess_id_keeps_a_rejected_manifests_own_valid_id():
