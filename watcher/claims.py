@@ -19,8 +19,11 @@ is stamped later than the reader's own write, so every contender reaches the sam
 The owner then writes ``.claims/<name>/g-<g>.lease`` and rewrites it to renew; the lease's
 LastModified is the heartbeat. A generation whose heartbeat is older than ``lease_seconds`` is
 dead; taking over means contending for generation *g + 1*, and an owner that finds a newer
-generation on renewal has lost its claim. (Heartbeats compare the store's clock with ours: keep
-clocks in sync with NTP, and keep ``lease_seconds`` well above any skew.)
+generation on renewal has lost its claim.
+
+Expiry is judged on the store's clock alone, in both protocols: a claim's age is the ``Date`` of
+the response that showed it minus its LastModified, so daemons whose clocks disagree (a VM
+without NTP, a container on a drifting host) still never take over a live claim.
 
 ``single`` — no coordination: only one daemon may watch the prefix.
 
@@ -38,6 +41,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -71,6 +75,20 @@ class Claimer(Protocol):
 def _storage_error(exc: Exception, key: str) -> StorageError:
     code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
     return StorageError(f"claim {key}: {code}")
+
+
+# Date and the LastModified of a HEAD/GET are whole seconds; an expiry is only believed this much
+# after it, so rounding can never make a live claim look expired.
+_CLOCK_RESOLUTION = 1.0
+
+
+def store_now(response: dict, fallback: float) -> float:
+    """The store's clock when it answered (its HTTP ``Date`` header); ``fallback`` without one."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return fallback
 
 
 def claim_base(prefix: str, manifest_key: str) -> str:
@@ -145,9 +163,23 @@ class ConditionalClaimer(_Base):
             raise _storage_error(exc, key) from None
         except (BotoCoreError, ValueError) as exc:
             raise _storage_error(exc, key) from None
-        if float(document.get("expires_at", 0)) > self.clock():
+        if not self._expired(current, document):
             return None
         return self._put(key, self._body(manifest_key, 1), IfMatch=current["ETag"])
+
+    def _expired(self, response: dict, document: dict) -> bool:
+        """Whether the claim GET ``response`` returned has expired, by the store's clock.
+
+        The lease is the owner's (its document's ``expires_at - created_at``: a difference on one
+        clock), counted from when the store last received the claim.
+        """
+        try:
+            lease = float(document["expires_at"]) - float(document["created_at"])
+        except (KeyError, TypeError, ValueError):
+            lease = self.lease_seconds
+        written = response["LastModified"].timestamp()
+        now = store_now(response, self.clock())
+        return now > written + lease + _CLOCK_RESOLUTION
 
     def renew(self, claim: Claim) -> Claim | None:
         key = claim_base(self.prefix, claim.manifest_key)
@@ -221,25 +253,27 @@ class VersionsClaimer(_Base):
     def _gen_key(self, manifest_key: str, generation: int) -> str:
         return f"{claim_base(self.prefix, manifest_key)}/g-{generation:06d}"
 
-    def _list(self, manifest_key: str) -> Generations:
+    def _list(self, manifest_key: str) -> tuple[Generations, float]:
+        """The manifest's generations, and the store's clock when it listed them."""
         base = claim_base(self.prefix, manifest_key)
         try:
             page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=base + "/")
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error(exc, base) from None
-        return read_generations(
+        generations = read_generations(
             [(o["Key"], o["LastModified"]) for o in page.get("Contents", [])], base
         )
+        return generations, store_now(page, self.clock())
 
-    def _alive(self, generations: Generations) -> bool:
+    def _alive(self, generations: Generations, now: float) -> bool:
         if generations.heartbeat is None:
             return False
-        age = self.clock() - generations.heartbeat.timestamp()
-        return age < self.lease_seconds
+        age = now - generations.heartbeat.timestamp()
+        return age <= self.lease_seconds + _CLOCK_RESOLUTION
 
     def claim(self, manifest_key: str) -> Claim | None:
-        generations = self._list(manifest_key)
-        if generations.newest and self._alive(generations):
+        generations, now = self._list(manifest_key)
+        if generations.newest and self._alive(generations, now):
             return None
         generation = generations.newest + 1
         key = self._gen_key(manifest_key, generation)
@@ -280,14 +314,14 @@ class VersionsClaimer(_Base):
         return replace(claim, expires_at=self.clock() + self.lease_seconds)
 
     def renew(self, claim: Claim) -> Claim | None:
-        if self._list(claim.manifest_key).newest != claim.generation:
+        if self._list(claim.manifest_key)[0].newest != claim.generation:
             return None  # someone found our lease expired and took the job over
         return self._heartbeat(claim)
 
     def release(self, claim: Claim) -> None:
         """Delete every version of this manifest's claim objects (B2 would keep them forever)."""
         base = claim_base(self.prefix, claim.manifest_key)
-        if self._list(claim.manifest_key).newest != claim.generation:
+        if self._list(claim.manifest_key)[0].newest != claim.generation:
             return
         try:
             listed = self.client.list_object_versions(Bucket=self.bucket, Prefix=base + "/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +14,7 @@ from watcher.claims import (
     VersionsClaimer,
     make_claimer,
     probe,
+    store_now,
 )
 
 PREFIX = "zip-requests/"
@@ -75,26 +77,38 @@ def test_live_claim_blocks_others_and_renews(mode, s3_server, bucket):
 
 
 def test_expired_claim_is_taken_over_and_the_old_owner_loses_it(mode, s3_server, bucket):
-    if mode == "versions":
-        # heartbeats are the store's timestamps: let the lease be short and wait it out
-        a = claimer(mode, s3_server, bucket, "a", lease=2)
-        b = claimer(mode, s3_server, bucket, "b", lease=2)
-        held = a.claim(KEYS[1])
-        assert held is not None and b.claim(KEYS[1]) is None
-        import time
-
-        time.sleep(2.5)
-    else:
-        clock = Clock()
-        a = claimer(mode, s3_server, bucket, "a", clock=clock, lease=10)
-        b = claimer(mode, s3_server, bucket, "b", clock=clock, lease=10)
-        held = a.claim(KEYS[1])
-        assert held is not None and b.claim(KEYS[1]) is None
-        clock.now += 11
+    # Expiry is judged on the store's clock (whole seconds, plus one of margin): a 2 s lease is
+    # surely over after 4.2 s.
+    a = claimer(mode, s3_server, bucket, "a", lease=2)
+    b = claimer(mode, s3_server, bucket, "b", lease=2)
+    held = a.claim(KEYS[1])
+    assert held is not None and b.claim(KEYS[1]) is None
+    time.sleep(4.2)
     taken = b.claim(KEYS[1])
     assert taken is not None
     assert a.renew(held) is None
     assert b.renew(taken) is not None
+
+
+@pytest.mark.parametrize("skew", [3600.0, -3600.0])
+def test_a_daemon_with_a_wrong_clock_neither_steals_nor_waits_forever(
+    mode, s3_server, bucket, skew
+):
+    a = claimer(mode, s3_server, bucket, "a", lease=2)
+    b = claimer(mode, s3_server, bucket, "b", clock=Clock(time.time() + skew), lease=2)
+    held = a.claim(KEYS[2])
+    assert held is not None
+    assert b.claim(KEYS[2]) is None, "a live claim must hold whatever b's clock says"
+    time.sleep(4.2)
+    assert b.claim(KEYS[2]) is not None, "an expired claim must be retaken whatever b's clock says"
+    assert a.renew(held) is None
+
+
+def test_store_clock_comes_from_the_date_header_else_the_fallback():
+    answer = {"ResponseMetadata": {"HTTPHeaders": {"date": "Wed, 25 Nov 2026 12:00:00 GMT"}}}
+    assert store_now(answer, 5.0) == 1795608000.0
+    assert store_now({"ResponseMetadata": {"HTTPHeaders": {}}}, 5.0) == 5.0
+    assert store_now({"ResponseMetadata": {"HTTPHeaders": {"date": "garbage"}}}, 5.0) == 5.0
 
 
 def test_release_lets_the_next_claimer_in_and_cleans_up(mode, s3_server, s3, bucket):
