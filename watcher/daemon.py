@@ -4,7 +4,8 @@ One loop, driven by APScheduler's BackgroundScheduler:
 
 * ``tick`` (every second, never overlapping): when a poll is due — the interval has passed, a job
   just finished, or the HTTP trigger / a B2 event woke us — list the requests prefix once, and for
-  as many pending manifests as there are free slots: claim, then hand the job to the worker pool.
+  as many pending manifests as there are free slots (picked among the oldest, see
+  :func:`pick_batch`): claim them at once, then hand each won job to the worker pool.
   Polls back off from ``interval_seconds`` to ``max_idle_interval_seconds`` while nothing happens
   (every ListObjectsV2 is a billed Class C transaction on B2).
 * ``renew`` (every third of ``lease_seconds``): renew the claim of every running job; a job whose
@@ -20,6 +21,8 @@ aborts their uploads, and their claims are released so another daemon retakes th
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,8 +64,40 @@ def next_interval(current: float, *, busy: bool, base: float, ceiling: float) ->
     return min(ceiling, max(base, current * 2))
 
 
+# How far past the oldest pending manifests a daemon looks when it picks what to claim.
+CLAIM_WINDOW = 4
+# A listing older than this is refreshed before the next batch of claims in the same poll.
+STALE_LISTING_SECONDS = 1.0
+
+
+def pick_batch(candidates: list[Any], free: int, rng: random.Random) -> list[Any]:
+    """Which of ``candidates`` (oldest first) to claim for ``free`` slots (pure but for ``rng``).
+
+    A random ``free`` of the oldest ``free * CLAIM_WINDOW``: roughly first come, first served,
+    while daemons polling the same backlog mostly go for different manifests instead of all
+    contending for the same oldest ones. The oldest manifest is in every daemon's window until
+    someone takes it, so none waits forever.
+    """
+    window = candidates[: free * CLAIM_WINDOW]
+    return rng.sample(window, min(free, len(window)))
+
+
 def filed_key(prefix: str, manifest_key: str, succeeded: bool) -> str:
     return f"{prefix}{DONE if succeeded else FAILED}{manifest_key[len(prefix) :]}"
+
+
+class _SkippedRunFilter(logging.Filter):
+    """Drops APScheduler's warning that a run was skipped because the previous one still runs.
+
+    That is how ticks and renewals are meant to work (never two at once); the warning would add a
+    line every second while a long poll runs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+_SKIPPED_RUN_FILTER = _SkippedRunFilter()
 
 
 @dataclass
@@ -72,6 +107,10 @@ class _Running:
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future | None = None
     claim_lost: bool = False
+    released: bool = False
+    # Renewal (scheduler thread) and release (job thread) of one claim never overlap: a renewal
+    # that listed the claim while it was being released would report it lost.
+    claim_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Daemon:
@@ -107,6 +146,7 @@ class Daemon:
             max_workers=watch.max_concurrent_jobs, thread_name_prefix="job"
         )
         self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._random = random.Random()
         self.polls = 0
 
     # -- control -----------------------------------------------------------------------------
@@ -131,6 +171,7 @@ class Daemon:
 
     def start(self) -> None:
         lease = self.settings.watch.lease_seconds
+        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUN_FILTER)
         self._scheduler.add_job(
             self._tick,
             "interval",
@@ -225,35 +266,62 @@ class Daemon:
         self._next_poll = time.monotonic() + self._interval
 
     def poll_once(self) -> int:
-        """List the prefix once and start as many pending jobs as there are free slots.
+        """List the prefix and start as many pending jobs as there are free slots.
 
-        Returns how many manifests are waiting (including those just started).
+        Claims go in batches (one per round of free slots); a batch that lost some claims is
+        followed by another among the manifests not tried yet, on a fresh listing when the last
+        one is older than :data:`STALE_LISTING_SECONDS` (in ``versions`` mode every batch waits a
+        settle delay, and meanwhile other daemons finish and file manifests: claiming those would
+        cost a settle delay each for nothing). Returns how many manifests were waiting.
         """
         self.polls += 1
+        pending = self._pending()
+        if self.metrics is not None:
+            self.metrics.manifests_pending.set(len(pending))
+        listed_at = time.monotonic()
+        tried: set[str] = set()
+        candidates = pending
+        while not self._stopping.is_set():
+            with self._lock:
+                free = self.settings.watch.max_concurrent_jobs - len(self._running)
+                candidates = [o for o in candidates if o.key not in self._running]
+            if free <= 0 or not candidates:
+                break
+            batch = pick_batch(candidates, free, self._random)
+            for obj, claim in self._claim_all(batch):
+                self._start(obj, claim)
+            tried.update(o.key for o in batch)
+            if time.monotonic() - listed_at > STALE_LISTING_SECONDS:
+                candidates = self._pending()
+                listed_at = time.monotonic()
+            candidates = [o for o in candidates if o.key not in tried]
+        return len(pending)
+
+    def _pending(self) -> list[Any]:
+        """The manifests in the requests prefix, oldest first (one ListObjectsV2)."""
         listed = self.store.list_objects(self.bucket, self.prefix, delimiter="/")
-        pending = sorted(
+        return sorted(
             (o for o in listed if is_manifest_key(o.key, self.prefix)),
             key=lambda o: (o.last_modified, o.key),
         )
-        if self.metrics is not None:
-            self.metrics.manifests_pending.set(len(pending))
-        for obj in pending:
-            if self._stopping.is_set():
-                break
-            with self._lock:
-                if len(self._running) >= self.settings.watch.max_concurrent_jobs:
-                    break
-                if obj.key in self._running:
-                    continue
+
+    def _claim_all(self, batch: list[Any]) -> list[tuple[Any, Claim]]:
+        """Claim the manifests of ``batch`` at once: in ``versions`` mode every claim waits a
+        settle delay, and these waits overlap instead of adding up."""
+
+        def attempt(obj: Any) -> Claim | None:
             try:
-                claim = self.claimer.claim(obj.key)
+                return self.claimer.claim(obj.key)
             except WatcherError as exc:
                 self.log.warning("claim_failed", manifest=obj.key, code=exc.code, error=exc.message)
-                continue
-            if claim is None:
-                continue
-            self._start(obj, claim)
-        return len(pending)
+                return None
+
+        if len(batch) == 1:
+            claims = [attempt(batch[0])]
+        else:
+            with ThreadPoolExecutor(len(batch), thread_name_prefix="claim") as pool:
+                claims = list(pool.map(attempt, batch))
+        return [(obj, claim) for obj, claim in zip(batch, claims, strict=True) if claim]
 
     def _start(self, obj: Any, claim: Claim) -> None:
         running = _Running(key=obj.key, claim=claim)
@@ -267,17 +335,20 @@ class Daemon:
         for running in jobs:
             if running.future is not None and running.future.done():
                 continue
-            try:
-                renewed = self.claimer.renew(running.claim)
-            except WatcherError as exc:
-                self.log.warning("claim_renew_failed", manifest=running.key, error=exc.message)
-                continue
-            if renewed is None:
-                self.log.error("claim_lost", manifest=running.key)
-                running.claim_lost = True
-                running.cancel.set()
-            else:
-                running.claim = renewed
+            with running.claim_lock:
+                if running.released:
+                    continue
+                try:
+                    renewed = self.claimer.renew(running.claim)
+                except WatcherError as exc:
+                    self.log.warning("claim_renew_failed", manifest=running.key, error=exc.message)
+                    continue
+                if renewed is None:
+                    self.log.error("claim_lost", manifest=running.key)
+                    running.claim_lost = True
+                    running.cancel.set()
+                else:
+                    running.claim = renewed
 
     # -- one job -----------------------------------------------------------------------------
 
@@ -324,14 +395,21 @@ class Daemon:
         except Exception:
             log.exception("job_crashed")
         finally:
-            if not running.claim_lost:
-                try:
-                    self.claimer.release(running.claim)
-                except WatcherError as exc:
-                    log.warning("claim_release_failed", error=exc.message)
+            self._release(running, log)
             with self._lock:
                 self._running.pop(obj.key, None)
             self._wake.set()
+
+    def _release(self, running: _Running, log: Any) -> None:
+        """Release a finished job's claim (unless it was lost); never while it is being renewed."""
+        with running.claim_lock:
+            running.released = True
+            if running.claim_lost:
+                return
+            try:
+                self.claimer.release(running.claim)
+            except WatcherError as exc:
+                log.warning("claim_release_failed", error=exc.message)
 
     def _on_job_start(self, job_id: str, target: str, manifest_key: str | None) -> None:
         """Index the job for ``GET /jobs/<id>`` and abort uploads a dead earlier run left behind.

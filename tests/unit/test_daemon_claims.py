@@ -1,0 +1,148 @@
+"""How a poll picks and claims manifests: among the oldest, for the free slots, all at once."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import UTC, datetime, timedelta
+
+from watcher import daemon as daemon_module
+from watcher.claims import Claim
+from watcher.config import from_mapping
+from watcher.daemon import CLAIM_WINDOW, Daemon, pick_batch
+from watcher.plan import ObjectInfo
+
+PREFIX = "zip-requests/"
+
+
+def test_a_batch_is_free_distinct_picks_among_the_oldest():
+    rng = random.Random(7)
+    backlog = list(range(100))
+    chosen: set[int] = set()
+    for _ in range(300):
+        batch = pick_batch(backlog, 3, rng)
+        assert len(batch) == len(set(batch)) == 3
+        assert max(batch) < 3 * CLAIM_WINDOW
+        chosen.update(batch)
+    assert chosen == set(range(3 * CLAIM_WINDOW)), "every manifest of the window gets its turn"
+    assert sorted(pick_batch([4, 9], 3, rng)) == [4, 9]
+    assert pick_batch([], 3, rng) == []
+
+
+def test_daemons_on_one_backlog_mostly_pick_different_manifests():
+    backlog = list(range(50))
+    daemons = [random.Random(seed) for seed in range(3)]
+    overlaps = 0
+    for _ in range(200):
+        picks = [set(pick_batch(backlog, 2, rng)) for rng in daemons]
+        overlaps += len(picks[0] & picks[1]) + len(picks[0] & picks[2]) + len(picks[1] & picks[2])
+    # Always taking the oldest two would overlap 6 times per round (1,200 in all); at random
+    # among the oldest eight, about 1.5 per round.
+    assert overlaps < 600, overlaps
+
+
+class ListingStore:
+    def __init__(self, keys: list[str]) -> None:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        self.objects = [
+            ObjectInfo(key, 10, start + timedelta(seconds=i)) for i, key in enumerate(keys)
+        ]
+
+    def list_objects(self, bucket: str, prefix: str, delimiter: str | None = None):
+        return list(self.objects)
+
+
+class GatedClaimer:
+    """Wins every other manifest; each claim waits until ``parties`` claims are in flight
+    together, so claims made one after another would break the barrier and fail the test."""
+
+    mode = "versions"
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=10)
+        self.asked: list[str] = []
+        self._lock = threading.Lock()
+
+    def claim(self, manifest_key: str) -> Claim | None:
+        with self._lock:
+            self.asked.append(manifest_key)
+            n = len(self.asked)
+        if n <= self.barrier.parties:
+            self.barrier.wait()
+        return Claim(manifest_key, "me", 1, "v", 0.0) if n % 2 else None
+
+
+def test_a_poll_claims_for_all_free_slots_at_once_and_fills_them(monkeypatch):
+    settings = from_mapping(
+        {"watch": {"max_concurrent_jobs": 3}},
+        {"BUCKET_NAME": "bucket", "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    keys = [f"{PREFIX}m{i:02d}.json" for i in range(20)] + [f"{PREFIX}done/old.json"]
+    claimer = GatedClaimer(parties=3)
+    daemon = Daemon(settings, ListingStore(keys), claimer)
+    started: list[str] = []
+
+    def start(obj, claim):
+        started.append(obj.key)
+        daemon._running[obj.key] = claim  # occupies a slot, as the real _start does
+
+    monkeypatch.setattr(daemon, "_start", start)
+    assert daemon.poll_once() == 20
+    assert len(started) == 3 == len(set(started)), started
+    assert set(claimer.asked) <= {k for k in keys if "/done/" not in k}
+    assert len(claimer.asked) == len(set(claimer.asked)), "no manifest asked for twice"
+    assert daemon.poll_once() == 20 and len(started) == 3, "no free slot, no claim"
+
+
+def test_later_batches_claim_from_a_fresh_listing(monkeypatch):
+    """Another daemon files m19 while our first batch is out: we must not claim it after."""
+    monkeypatch.setattr(daemon_module, "STALE_LISTING_SECONDS", -1.0)  # refresh every batch
+    settings = from_mapping(
+        {"watch": {"max_concurrent_jobs": 3}},
+        {"BUCKET_NAME": "bucket", "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    store = ListingStore([f"{PREFIX}m{i:02d}.json" for i in range(20)])
+    asked: list[str] = []
+
+    class LosingClaimer:
+        mode = "versions"
+
+        def claim(self, manifest_key: str) -> Claim | None:
+            asked.append(manifest_key)
+            store.objects = [o for o in store.objects if o.key != f"{PREFIX}m19.json"]
+            return None  # every manifest is somebody else's
+
+    daemon = Daemon(settings, store, LosingClaimer())
+    assert daemon.poll_once() == 20
+    assert sorted(asked) == [f"{PREFIX}m{i:02d}.json" for i in range(19)], "each tried once"
+
+
+def test_a_claim_being_released_is_not_renewed():
+    """A renewal that listed the claim halfway through its release would call it lost."""
+    settings = from_mapping({}, {"BUCKET_NAME": "bucket", "AWS_DEFAULT_REGION": "us-east-1"})
+    releasing, may_finish = threading.Event(), threading.Event()
+    renewed: list[str] = []
+
+    class SlowReleaser:
+        mode = "versions"
+
+        def renew(self, claim: Claim) -> Claim | None:
+            renewed.append(claim.manifest_key)
+            return None
+
+        def release(self, claim: Claim) -> None:
+            releasing.set()
+            assert may_finish.wait(10)
+
+    daemon = Daemon(settings, ListingStore([]), SlowReleaser())
+    running = daemon_module._Running(key="k", claim=Claim("k", "me", 1, "v", 0.0))
+    daemon._running["k"] = running
+    release = threading.Thread(target=daemon._release, args=(running, daemon.log))
+    release.start()
+    assert releasing.wait(10)
+    renewal = threading.Thread(target=daemon._renew_all)
+    renewal.start()
+    may_finish.set()
+    release.join(10)
+    renewal.join(10)
+    assert renewed == [] and not running.claim_lost
