@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.errors import JobError, StorageError
+from watcher.intake import is_manifest_key
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_EVENT_BODY = 1024 * 1024
@@ -139,8 +140,7 @@ def manifest_keys(events: list[dict], prefix: str, bucket: str | None = None) ->
             continue
         if bucket is not None and event.get("bucketName", bucket) != bucket:
             continue
-        rest = key[len(prefix) :] if key.startswith(prefix) else None
-        if rest and "/" not in rest and rest.endswith(".json") and not rest.startswith("."):
+        if is_manifest_key(key, prefix):
             keys.append(key)
     return keys
 

@@ -49,14 +49,6 @@ FAILED = "failed/"
 TICK_SECONDS = 1.0
 
 
-def is_manifest_key(key: str, prefix: str) -> bool:
-    """A key the watcher takes: directly in the prefix, ends in .json, not one of our own."""
-    if not key.startswith(prefix):
-        return False
-    name = key[len(prefix) :]
-    return bool(name) and "/" not in name and name.endswith(".json") and not name.startswith(".")
-
-
 def next_interval(current: float, *, busy: bool, base: float, ceiling: float) -> float:
     """The next poll interval: ``base`` while work flows, doubling up to ``ceiling`` when idle."""
     if busy:
@@ -301,7 +293,7 @@ class Daemon:
         """The manifests in the requests prefix, oldest first (one ListObjectsV2)."""
         listed = self.store.list_objects(self.bucket, self.prefix, delimiter="/")
         return sorted(
-            (o for o in listed if is_manifest_key(o.key, self.prefix)),
+            (o for o in listed if intake.is_manifest_key(o.key, self.prefix)),
             key=lambda o: (o.last_modified, o.key),
         )
 
@@ -316,11 +308,8 @@ class Daemon:
                 self.log.warning("claim_failed", manifest=obj.key, code=exc.code, error=exc.message)
                 return None
 
-        if len(batch) == 1:
-            claims = [attempt(batch[0])]
-        else:
-            with ThreadPoolExecutor(len(batch), thread_name_prefix="claim") as pool:
-                claims = list(pool.map(attempt, batch))
+        with ThreadPoolExecutor(len(batch), thread_name_prefix="claim") as pool:
+            claims = list(pool.map(attempt, batch))
         return [(obj, claim) for obj, claim in zip(batch, claims, strict=True) if claim]
 
     def _start(self, obj: Any, claim: Claim) -> None:

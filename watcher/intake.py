@@ -28,6 +28,14 @@ class Submitted:
     manifest_key: str
 
 
+def is_manifest_key(key: str, prefix: str) -> bool:
+    """A key the watcher takes: directly in the prefix, ends in .json, not one of our own."""
+    if not key.startswith(prefix):
+        return False
+    name = key[len(prefix) :]
+    return bool(name) and "/" not in name and name.endswith(".json") and not name.startswith(".")
+
+
 def job_index_key(prefix: str, job_id: str) -> str:
     return f"{prefix}{JOBS_SUBPREFIX}{job_id}.json"
 
