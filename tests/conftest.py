@@ -3,6 +3,8 @@ an object factory and an independent ZIP verifier."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import random
 import shutil
@@ -193,6 +195,11 @@ def verify_zip(path: Path, expected: Mapping[str, bytes]) -> zipfile.ZipFile:
 def download(s3, bucket: str, key: str, dest: Path) -> Path:
     s3.download_file(bucket, key, str(dest))
     return dest
+
+
+def event_signature(body: bytes, secret: str) -> str:
+    """The ``X-Bz-Event-Notification-Signature`` B2 sends with ``body``."""
+    return "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def secret_hits(text: str, where: str) -> list[str]:

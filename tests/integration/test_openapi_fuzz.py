@@ -9,15 +9,13 @@ generates valid and invalid requests for each operation and runs its checks on e
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from pathlib import Path
 
 import pytest
 import requests
 import schemathesis
-from conftest import EVENT_SECRET, SHARED_SECRET
+from conftest import EVENT_SECRET, SHARED_SECRET, event_signature
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
@@ -85,9 +83,7 @@ def send_signed(case, api_url: str) -> requests.Response:
     kwargs = case.as_transport_kwargs(base_url=api_url)
     if "json" in kwargs:
         kwargs["data"] = json.dumps(kwargs.pop("json")).encode()
-    body = kwargs.get("data") or b""
-    digest = hmac.new(EVENT_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    kwargs["headers"][SIGNATURE] = f"v1={digest}"
+    kwargs["headers"][SIGNATURE] = event_signature(kwargs.get("data") or b"", EVENT_SECRET)
     return requests.request(**kwargs, timeout=10)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import json
 from dataclasses import dataclass, field
@@ -11,6 +9,7 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 import structlog
+from conftest import event_signature
 
 from watcher.api import bearer_ok, make_app, manifest_keys, parse_events, signature_ok
 from watcher.errors import InvalidManifest, StorageError
@@ -210,7 +209,7 @@ def test_unknown_routes_and_methods(app):
 
 
 def sign(body: bytes, secret: str = EVENT_SECRET) -> str:
-    return "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return event_signature(body, secret)
 
 
 def events_body(*events: dict) -> bytes:

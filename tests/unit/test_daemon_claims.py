@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,12 @@ from watcher.daemon import CLAIM_WINDOW, Daemon, pick_batch
 from watcher.plan import ObjectInfo
 
 PREFIX = "zip-requests/"
+
+
+def settings_with(**watch: object):
+    return from_mapping(
+        {"watch": watch}, {"BUCKET_NAME": "bucket", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
 
 
 def test_a_batch_is_free_distinct_picks_among_the_oldest():
@@ -73,10 +80,7 @@ class GatedClaimer:
 
 
 def test_a_poll_claims_for_all_free_slots_at_once_and_fills_them(monkeypatch):
-    settings = from_mapping(
-        {"watch": {"max_concurrent_jobs": 3}},
-        {"BUCKET_NAME": "bucket", "AWS_DEFAULT_REGION": "us-east-1"},
-    )
+    settings = settings_with(max_concurrent_jobs=3)
     keys = [f"{PREFIX}m{i:02d}.json" for i in range(20)] + [f"{PREFIX}done/old.json"]
     claimer = GatedClaimer(parties=3)
     daemon = Daemon(settings, ListingStore(keys), claimer)
@@ -97,10 +101,7 @@ def test_a_poll_claims_for_all_free_slots_at_once_and_fills_them(monkeypatch):
 def test_later_batches_claim_from_a_fresh_listing(monkeypatch):
     """Another daemon files m19 while our first batch is out: we must not claim it after."""
     monkeypatch.setattr(daemon_module, "STALE_LISTING_SECONDS", -1.0)  # refresh every batch
-    settings = from_mapping(
-        {"watch": {"max_concurrent_jobs": 3}},
-        {"BUCKET_NAME": "bucket", "AWS_DEFAULT_REGION": "us-east-1"},
-    )
+    settings = settings_with(max_concurrent_jobs=3)
     store = ListingStore([f"{PREFIX}m{i:02d}.json" for i in range(20)])
     asked: list[str] = []
 
@@ -119,7 +120,7 @@ def test_later_batches_claim_from_a_fresh_listing(monkeypatch):
 
 def test_a_claim_being_released_is_not_renewed():
     """A renewal that listed the claim halfway through its release would call it lost."""
-    settings = from_mapping({}, {"BUCKET_NAME": "bucket", "AWS_DEFAULT_REGION": "us-east-1"})
+    settings = settings_with()
     releasing, may_finish = threading.Event(), threading.Event()
     renewed: list[str] = []
 
@@ -146,3 +147,16 @@ def test_a_claim_being_released_is_not_renewed():
     release.join(10)
     renewal.join(10)
     assert renewed == [] and not running.claim_lost
+
+
+def test_only_the_warning_about_a_skipped_overlapping_run_is_filtered():
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, message, (), None)
+
+    skipped = record(
+        'Execution of job "Daemon._tick (trigger: interval[0:00:01], next run at: ...)" '
+        "skipped: maximum number of running instances reached (1)"
+    )
+    keep = daemon_module._SKIPPED_RUN_FILTER.filter
+    assert not keep(skipped)
+    assert keep(record('Run time of job "x" was missed by 0:05'))
