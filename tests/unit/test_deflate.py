@@ -1,0 +1,248 @@
+"""watcher.deflate: the level table, and chunk-parallel deflate (one valid stream, CRC, order,
+bounded chunks in flight, errors, no deadlock between members sharing a pool)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import zlib
+
+import pytest
+
+from bench.run import text_bytes
+from watcher import deflate
+from watcher.deflate import (
+    LEVELS,
+    WINDOW,
+    ChunkedDeflater,
+    DeflatePool,
+    compressobj,
+    deflate_backend,
+)
+
+KiB = 1024
+SMALL_CHUNK = 64 * KiB
+
+
+def one_shot(level: int, data: bytes) -> bytes:
+    comp = compressobj(level)
+    return comp.compress(data) + comp.flush()
+
+
+def run(data: bytes, *, level: int = 6, pool=None, chunk=SMALL_CHUNK, pieces=None) -> tuple:
+    """Feed ``data`` in pieces of the given sizes (cycled); the stream and the deflater."""
+    deflater = ChunkedDeflater(level, pool, chunk=chunk)
+    out, pos, sizes = [], 0, pieces or [len(data) or 1]
+    for n in iter(lambda: sizes[len(out) % len(sizes)], None):
+        if pos >= len(data):
+            break
+        out.append(deflater.feed(data[pos : pos + n]))
+        pos += n
+    out.append(deflater.finish())
+    return b"".join(out), deflater
+
+
+def check(data: bytes, stream: bytes, deflater: ChunkedDeflater) -> None:
+    assert zlib.decompress(stream, -15) == data
+    assert deflater.crc == zlib.crc32(data)
+    assert deflater.size == len(data)
+    assert deflater.compressed == len(stream)
+
+
+SIZES = [
+    0,
+    1,
+    WINDOW - 1,
+    WINDOW,
+    WINDOW + 1,
+    SMALL_CHUNK - 1,
+    SMALL_CHUNK,
+    SMALL_CHUNK + 1,
+    2 * SMALL_CHUNK,
+    5 * SMALL_CHUNK + 7,
+]
+
+
+@pytest.fixture
+def pool():
+    with DeflatePool(workers=3, in_flight=4) as shared:
+        yield shared
+        assert shared.alive == 0  # every chunk was taken back
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", ["text", "random"])
+def test_round_trip_at_chunk_and_window_boundaries(size, kind, pool):
+    data = text_bytes(size, size) if kind == "text" else random.Random(size).randbytes(size)
+    for pieces in ([size or 1], [1000, 1, 65536, 7], [SMALL_CHUNK]):
+        stream, deflater = run(data, pool=pool, pieces=pieces)
+        check(data, stream, deflater)
+    stream, deflater = run(data, pool=None)  # no pool: every chunk in the calling thread
+    check(data, stream, deflater)
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_every_level_round_trips_chunked(level, pool):
+    data = text_bytes(level, 3 * SMALL_CHUNK + 100) + random.Random(level).randbytes(50_000)
+    stream, deflater = run(data, level=level, pool=pool, pieces=[40_000])
+    check(data, stream, deflater)
+
+
+def test_default_megabyte_chunks_round_trip(pool):
+    data = text_bytes(7, 3 * deflate.CHUNK + 12345)
+    deflater = ChunkedDeflater(6, pool)
+    stream = b"".join(deflater.feed(data[i : i + 999_999]) for i in range(0, len(data), 999_999))
+    stream += deflater.finish()
+    check(data, stream, deflater)
+
+
+def test_primed_chunks_cost_almost_nothing_over_one_stream(pool):
+    """Each chunk is primed with the previous 32 KiB: unprimed 64 KiB chunks would cost ~3 %."""
+    data = text_bytes(3, 2 * 1024 * KiB)
+    whole = len(one_shot(6, data))
+    stream, _ = run(data, pool=pool)
+    unprimed = sum(
+        len(one_shot(6, data[i : i + SMALL_CHUNK])) for i in range(0, len(data), SMALL_CHUNK)
+    )
+    assert len(stream) <= whole * 1.005
+    assert unprimed > whole * 1.01  # the check above can tell priming from no priming
+
+
+def test_pieces_come_back_in_order_whatever_order_the_pool_finishes(monkeypatch):
+    real = deflate.deflate_chunk
+    rng = random.Random(5)
+
+    def slow(level, data, zdict, last):
+        time.sleep(rng.random() * 0.01)
+        return real(level, data, zdict, last)
+
+    monkeypatch.setattr(deflate, "deflate_chunk", slow)
+    data = text_bytes(11, 40 * 4 * KiB) + random.Random(1).randbytes(30 * 4 * KiB)
+    with DeflatePool(workers=4, in_flight=8) as shared:
+        stream, deflater = run(data, pool=shared, chunk=4 * KiB, pieces=[3000, 9000])
+        assert shared.peak > 1  # chunks really were compressed side by side
+    check(data, stream, deflater)
+
+
+def test_chunks_in_flight_never_exceed_the_pool_cap_across_members(monkeypatch):
+    """8 members share a pool of 2 chunks: all finish (nobody waits for another member), the
+    pool never holds more than 2, and work still completes while the pool is blocked."""
+    alive, most = [0], [0]
+    lock = threading.Lock()
+    real = deflate.deflate_chunk
+
+    def counted(level, data, zdict, last):
+        with lock:
+            alive[0] += 1
+            most[0] = max(most[0], alive[0])
+        try:
+            time.sleep(0.002)
+            return real(level, data, zdict, last)
+        finally:
+            with lock:
+                alive[0] -= 1
+
+    monkeypatch.setattr(deflate, "deflate_chunk", counted)
+    inputs = [text_bytes(n, 20 * 8 * KiB + n) for n in range(8)]
+    results: dict[int, tuple] = {}
+    with DeflatePool(workers=2, in_flight=2) as shared:
+
+        def member(n):
+            results[n] = run(inputs[n], pool=shared, chunk=8 * KiB, pieces=[5000])
+
+        threads = [threading.Thread(target=member, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+        assert shared.peak <= 2
+        assert shared.alive == 0
+    # at most 2 in the pool, plus at most one per member compressing in its own thread
+    assert most[0] <= 2 + 8
+    for n, data in enumerate(inputs):
+        check(data, *results[n])
+
+
+def test_a_member_compresses_in_its_own_thread_when_the_pool_is_full(monkeypatch):
+    gate = threading.Event()
+    real = deflate.deflate_chunk
+
+    def held(level, data, zdict, last):
+        if data.startswith(b"HOLD"):
+            assert gate.wait(60)
+        return real(level, data, zdict, last)
+
+    monkeypatch.setattr(deflate, "deflate_chunk", held)
+    with DeflatePool(workers=1, in_flight=1) as shared:
+        blocker = ChunkedDeflater(6, shared, chunk=4 * KiB)
+        blocker.feed(b"HOLD" + bytes(4 * KiB))  # takes the pool's only slot, and its thread
+        data = text_bytes(2, 50 * 4 * KiB)
+        stream, deflater = run(data, pool=shared, chunk=4 * KiB, pieces=[4 * KiB])
+        check(data, stream, deflater)  # finished while the pool stayed blocked
+        gate.set()
+        tail = blocker.finish()
+        assert zlib.decompress(tail, -15) == b"HOLD" + bytes(4 * KiB)
+        assert shared.alive == 0
+
+
+def test_a_pool_error_is_raised_to_the_member_and_close_frees_its_chunks(monkeypatch):
+    real = deflate.deflate_chunk
+    gate = threading.Event()
+
+    def failing(level, data, zdict, last):
+        if data.startswith(b"BAD"):
+            raise MemoryError("boom")
+        if data.startswith(b"SLOW"):
+            assert gate.wait(60)
+        return real(level, data, zdict, last)
+
+    monkeypatch.setattr(deflate, "deflate_chunk", failing)
+    chunk = 4 * KiB
+    with DeflatePool(workers=2, in_flight=4) as shared:
+        deflater = ChunkedDeflater(6, shared, chunk=chunk)
+        with pytest.raises(MemoryError, match="boom"):
+            deflater.feed(b"BAD".ljust(chunk, b"x"))
+            for _ in range(20):
+                deflater.feed(bytes(chunk))
+            deflater.finish()
+        deflater.close()
+        assert shared.alive == 0
+        # close() also gives back chunks still queued or running
+        other = ChunkedDeflater(6, shared, chunk=chunk)
+        for _ in range(3):
+            other.feed(b"SLOW".ljust(chunk, b"y"))
+        assert shared.alive == 3
+        gate.set()
+        other.close()
+        assert shared.alive == 0
+        with pytest.raises(ValueError):
+            other.feed(b"more")
+
+
+def test_finish_twice_and_bad_level_are_refused():
+    deflater = ChunkedDeflater(6)
+    assert zlib.decompress(deflater.finish(), -15) == b""
+    with pytest.raises(ValueError):
+        deflater.finish()
+    with pytest.raises(ValueError):
+        ChunkedDeflater(10)
+
+
+# -- the level table, on the benchmark's text (sizes are deterministic; speed is bench's job) --
+
+
+def test_higher_levels_are_never_larger_on_the_benchmark_text():
+    data = text_bytes(1000, 2 * 1024 * KiB)
+    sizes = [len(one_shot(level, data)) for level in sorted(LEVELS)]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_default_level_is_within_5_percent_of_zlib_6_and_the_fast_level_is_isal():
+    data = text_bytes(1000, 4 * 1024 * KiB)
+    reference = zlib.compressobj(6, zlib.DEFLATED, -15)
+    zlib6 = len(reference.compress(data) + reference.flush())
+    assert len(one_shot(deflate.DEFAULT_LEVEL, data)) <= 1.05 * zlib6
+    library, _ = deflate_backend(deflate.FAST_LEVEL)
+    assert library.__name__.endswith("isal_zlib")
