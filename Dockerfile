@@ -21,6 +21,9 @@ USER watcher
 WORKDIR /tmp
 EXPOSE 8000
 STOPSIGNAL SIGTERM
+# The probe follows PORT, as the listener does. `docker stop` waits only 10 s before SIGKILL while
+# running jobs get shutdown_grace_seconds (30): stop with `docker stop -t 35` (compose:
+# stop_grace_period: 35s) so they can finish.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4).status == 200 else 1)"]
 CMD ["b2-zip-watcher", "run", "--config", "/etc/b2-zip-watcher/config.yaml"]

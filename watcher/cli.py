@@ -12,10 +12,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from watcher.errors import ConfigError, WatcherError
+from watcher.preflight import StoreUnusable, probe, require_usable
+
+ALL_BUCKETS = ("buckets.input", "buckets.output", "watch.bucket")
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
+
+DESCRIPTION = (
+    "Zip lists of objects of a Backblaze B2 (or any S3-compatible) bucket into one ZIP object. "
+    "Drop a JSON manifest into the requests prefix, POST it to the HTTP API, or run it here."
+)
+EPILOG = (
+    "exit codes: 0 ok; 1 the job failed; 2 bad configuration or usage, or a store, bucket or "
+    "credentials that cannot be used (one line naming the culprit). "
+    "Configuration: ./config.yaml, environment variables and ./.env; see the README."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="b2-zip-watcher", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="b2-zip-watcher", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
         "--config",
         metavar="PATH",
@@ -75,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = _HANDLERS[args.command]
         return handler(args)
+    except StoreUnusable as exc:
+        print(f"b2-zip-watcher: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"b2-zip-watcher: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -110,10 +126,10 @@ def _owner_id() -> str:
 def _services(settings, *, log):
     """Client, store and claimer for ``settings``, shared by ``run`` and ``demo``."""
     from watcher.claims import make_claimer
-    from watcher.store import Store, make_client
+    from watcher.store import Store
 
-    client = make_client(
-        settings.s3, max_pool_connections=max(32, 16 * settings.watch.max_concurrent_jobs)
+    client = _client(
+        settings, log, max_pool_connections=max(32, 16 * settings.watch.max_concurrent_jobs)
     )
     store = Store(client)
     claimer = make_claimer(
@@ -163,19 +179,25 @@ def _local_instructions(local) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    local = None
+    if not (args.local or _nothing_configured(settings)):
+        require_usable(settings, ALL_BUCKETS)  # before the heavy imports: a mistake answers fast
     import signal
 
     from watcher.daemon import Daemon
     from watcher.logs import configure_logging
 
-    settings = _settings(args)
-    local = None
     if args.local or _nothing_configured(settings):
         local, settings = _start_local(settings)
         print(_local_instructions(local), file=sys.stderr, flush=True)
     log = configure_logging(settings.logging, secrets=_secret_values(settings))
     try:
-        store, claimer = _services(settings, log=log)
+        try:
+            store, claimer = _services(settings, log=log)
+        except WatcherError as exc:
+            # The claim probe writes into the requests prefix: a key that may only read fails here.
+            raise StoreUnusable("watch.bucket", f"{exc.code}: {exc.message}") from None
         metrics = _metrics(store)
         daemon = Daemon(settings, store, claimer, metrics=metrics, log=log)
         http = _start_http(settings, store, daemon, metrics, log=log)
@@ -233,9 +255,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from watcher.logs import configure_logging
 
     settings = _settings(args)
-    log = configure_logging(settings.logging, secrets=_secret_values(settings))
-    store = _services_store_only(settings)
     raw = _read_manifest_file(args.manifest)
+    require_usable(settings, ("watch.bucket", "buckets.output"))
+    log = configure_logging(settings.logging, secrets=_secret_values(settings))
+    store = _services_store_only(settings, log)
     submitted = submit_manifest(store, settings, raw)
     log.debug("submitted", job_id=submitted.job_id)
     print(
@@ -247,10 +270,21 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return _follow(store, settings, submitted.target, submitted.job_id)
 
 
-def _services_store_only(settings):
-    from watcher.store import Store, make_client
+def _services_store_only(settings, log=None):
+    from watcher.store import Store
 
-    return Store(make_client(settings.s3))
+    return Store(_client(settings, log))
+
+
+def _client(settings, log, **options):
+    """An S3 client; with ``logging.level: DEBUG`` every request is logged (``s3_request``)."""
+    from watcher.logs import log_store_requests
+    from watcher.store import make_client
+
+    client = make_client(settings.s3, **options)
+    if log is not None and settings.logging.level == "DEBUG":
+        log_store_requests(client, log)
+    return client
 
 
 def _follow(store, settings, target: str, job_id: str, *, timeout: float | None = None) -> int:
@@ -316,13 +350,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from watcher.markers import result_key, status_key
 
     settings = _settings(args)
+    require_usable(settings, ("buckets.output",))
     store = _services_store_only(settings)
     bucket = settings.buckets.output
     for key in (result_key(args.target), status_key(args.target)):
         raw = store.get_bytes(bucket, key, max_bytes=1 << 30)
         if raw is not None:
-            print(json.dumps(json.loads(raw), indent=2, ensure_ascii=False))
-            return EXIT_OK
+            marker = json.loads(raw)
+            print(json.dumps(marker, indent=2, ensure_ascii=False))
+            failed = isinstance(marker, dict) and marker.get("state") == "failed"
+            return EXIT_JOB_FAILED if failed else EXIT_OK
     print(
         f"b2-zip-watcher: no status or result marker for s3://{bucket}/{args.target}",
         file=sys.stderr,
@@ -390,13 +427,13 @@ def _cmd_zip(args: argparse.Namespace) -> int:
     """One job in the foreground: the daemon's pipeline and markers, no claims."""
     from watcher.job import run_job
     from watcher.logs import configure_logging
-    from watcher.store import Store, make_client
+    from watcher.store import Store
 
     settings = _settings(args)
-    _require_buckets(settings)
     raw = _read_manifest_file(args.manifest)
+    require_usable(settings, ("buckets.input", "buckets.output"))
     log = configure_logging(settings.logging, secrets=_secret_values(settings))
-    store = Store(make_client(settings.s3, max_pool_connections=64))
+    store = Store(_client(settings, log, max_pool_connections=64))
     outcome = run_job(store, settings, raw, manifest_key=None, log=log)
     result = outcome.result or {}
     if outcome.state == "succeeded":
@@ -411,39 +448,26 @@ def _cmd_zip(args: argparse.Namespace) -> int:
     return EXIT_JOB_FAILED
 
 
-def _require_buckets(settings) -> None:
-    if not settings.buckets.input:
-        raise ConfigError("buckets.input", "is not set (or INPUT_BUCKET_NAME / BUCKET_NAME)")
-    if not settings.buckets.output:
-        raise ConfigError("buckets.output", "is not set (or OUTPUT_BUCKET_NAME / BUCKET_NAME)")
-
-
 def _cmd_check(args: argparse.Namespace) -> int:
-    """Validate the configuration, then reach every bucket it names; one line per check."""
-    from watcher.store import Store, make_client
+    """Validate the configuration, then reach every bucket it names; one line per check.
 
+    An unreachable endpoint, refused credentials, a missing bucket and a bucket the key may not
+    use each get their own message (see ``preflight.classify``).
+    """
     settings = _settings(args)
     print(f"configuration: ok (endpoint {settings.s3.endpoint_url or 'AWS default'})")
-    problems = 0
-    names = {
-        "buckets.input": settings.buckets.input,
-        "buckets.output": settings.buckets.output,
-        "watch.bucket": settings.watch_bucket,
-    }
-    store = Store(make_client(settings.s3, connect_timeout=5, read_timeout=10))
-    for key, bucket in names.items():
-        if not bucket:
-            print(f"{key}: not set")
-            problems += 1
-            continue
-        try:
-            store.head_bucket(bucket)
-            next(iter(store.list_objects(bucket, settings.watch.prefix)), None)
-            print(f"{key}: ok (s3://{bucket})")
-        except WatcherError as exc:
-            print(f"{key}: s3://{bucket}: {exc.code}: {exc.message}")
-            problems += 1
-    return EXIT_USAGE if problems else EXIT_OK
+    problems = probe(settings, ALL_BUCKETS)
+    for problem in problems:
+        print(problem.line())
+    if problems:
+        return EXIT_USAGE
+    for key, bucket in zip(
+        ALL_BUCKETS,
+        (settings.buckets.input, settings.buckets.output, settings.watch_bucket),
+        strict=True,
+    ):
+        print(f"{key}: ok (s3://{bucket})")
+    return EXIT_OK
 
 
 _HANDLERS = {

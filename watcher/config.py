@@ -150,6 +150,20 @@ def _nonempty(v: str) -> str | None:
     return None if v else "must not be empty"
 
 
+def _endpoint(v: str) -> str | None:
+    """An absolute http(s) URL: boto3 refuses anything else with a bare ``Invalid endpoint``."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be a URL starting with https:// (or http://), e.g. https://s3.us-west-004.backblazeb2.com"
+    return None
+
+
 @dataclass(frozen=True)
 class Key:
     type: type | tuple[type, ...]
@@ -161,7 +175,7 @@ class Key:
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "s3": {
-        "endpoint_url": Key(str, _nonempty, ("AWS_ENDPOINT_URL",), nullable=True),
+        "endpoint_url": Key(str, _endpoint, ("AWS_ENDPOINT_URL",), nullable=True),
         "region": Key(str, _nonempty, ("AWS_DEFAULT_REGION", "AWS_REGION"), nullable=True),
     },
     "buckets": {

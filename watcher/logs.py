@@ -78,3 +78,31 @@ def configure_logging(
     root.handlers = [handler]
     root.setLevel(max(level, logging.WARNING))
     return structlog.get_logger("watcher")
+
+
+def log_store_requests(client: Any, log: Any) -> None:
+    """At DEBUG, one ``s3_request`` event per S3 call: operation, bucket, key, status, time.
+
+    Request URLs and headers are never logged (a presigned URL or a signature is a credential);
+    only the operation's name and the bucket and key it named.
+    """
+    import time
+
+    def before(params: dict, context: dict, model: Any = None, **_: Any) -> None:
+        context["watcher_started"] = time.monotonic()
+        context["watcher_target"] = (params.get("Bucket"), params.get("Key"))
+
+    def after(http_response: Any, context: dict, model: Any = None, **_: Any) -> None:
+        started = context.get("watcher_started")
+        bucket, key = context.get("watcher_target", (None, None))
+        log.debug(
+            "s3_request",
+            operation=getattr(model, "name", None),
+            bucket=bucket,
+            key=key,
+            status=getattr(http_response, "status_code", None),
+            ms=None if started is None else round((time.monotonic() - started) * 1000, 1),
+        )
+
+    client.meta.events.register("before-parameter-build.s3", before)
+    client.meta.events.register("after-call.s3", after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +66,17 @@ def test_the_healthcheck_command_passes_against_a_running_server():
         healthcheck = [r for w, r in instructions() if w == "HEALTHCHECK"][0]
         command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
         assert command[0] == "python"
-        code = command[-1].replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
-        result = subprocess.run([sys.executable, "-c", code], timeout=30)
-        assert result.returncode == 0
+        code = command[-1]
+        env = {**os.environ, "PORT": str(server.port)}
+        result = subprocess.run([sys.executable, "-c", code], timeout=30, env=env)
+        assert result.returncode == 0, "the healthcheck must follow PORT"
+        default = subprocess.run(
+            [sys.executable, "-c", code.replace("'8000'", f"'{server.port}'")],
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "PORT"},
+        )
+        assert default.returncode == 0, "without PORT the healthcheck must use the default"
     finally:
         server.stop()
-    down = subprocess.run([sys.executable, "-c", code], timeout=30, capture_output=True)
+    down = subprocess.run([sys.executable, "-c", code], timeout=30, capture_output=True, env=env)
     assert down.returncode != 0, "the healthcheck must fail when nothing answers"

@@ -161,3 +161,21 @@ def test_cli_reports_config_errors_with_exit_2_and_no_traceback(tmp_path):
         cwd=tmp_path,
     )
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+# -- user (issue 13): first deploy -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["127.0.0.1:9000", "s3.us-west-004.backblazeb2.com", "ftp://host", "https://", "http://h:x"],
+)
+def test_an_endpoint_without_scheme_or_host_names_the_variable(value):
+    with pytest.raises(ConfigError) as info:
+        from_mapping({}, {"AWS_ENDPOINT_URL": value})
+    assert info.value.key == "AWS_ENDPOINT_URL" and "https://" in str(info.value)
+
+
+def test_http_and_https_endpoints_are_accepted():
+    for value in ("https://s3.us-west-004.backblazeb2.com", "http://127.0.0.1:9000"):
+        assert from_mapping({"s3": {"endpoint_url": value}}, {}).s3.endpoint_url == value
