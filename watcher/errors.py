@@ -54,6 +54,12 @@ class StorageError(JobError):
     code = "storage_error"
 
 
+class IdConflict(JobError):
+    """The job id is taken by a job with other content (CONTRACT §7.7): HTTP 409."""
+
+    code = "id_conflict"
+
+
 class InternalError(JobError):
     code = "internal_error"
 

@@ -25,6 +25,18 @@ MISSING_MODES = ("fail", "skip")
 _FIELDS = {"files", "target", "compression", "missing", "id"}
 _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _MAX_DEPTH = 64
+# What the daemon writes next to every target (CONTRACT §4.2, §4.4): a target must not be one of
+# these keys, and must leave room for the longest of them within the store's key limit (§7.8).
+MARKER_SUFFIXES = (".status.json", ".result.json")
+# Unicode bidirectional embeddings, overrides and isolates: they make a name display as another
+# (``evil\u202etxt.exe`` shows as ``evilexe.txt``) (CONTRACT §7.9).
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc, exactly
+_KEY_CONTROL = re.compile("[\x00-\x1f\x7f]")  # what B2 refuses in a key (CONTRACT §8)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# JSON's structure as a flat token stream: strings whole, runs of brackets, separators. Strings
+# are skipped at C speed, so scanning a 16 MiB manifest costs tokens, not characters.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[{]+|[\]}]+|[:,]', re.S)
 
 
 @dataclass(frozen=True)
@@ -51,19 +63,32 @@ def _show(value: object, limit: int = 80) -> str:
 
 
 def validate_entry_name(name: str) -> str | None:
-    """Why ``name`` is not a safe ZIP entry name, or None when it is."""
+    """Why ``name`` is not a safe ZIP entry name, or None when it is.
+
+    A safe name extracts as written on every reader (CONTRACT §3, §7.9): relative, no segment a
+    reader would drop or resolve (``..``, ``.``, an empty one), nothing that displays as another
+    name. A trailing ``/`` makes a directory entry; whether that fits the object is the plan's
+    call (:func:`watcher.plan.build_plan`), since only the listing knows its size.
+    """
     if not name:
         return "is empty"
     if name.startswith("/"):
         return "is absolute"
     if "\\" in name:
         return "contains a backslash"
-    if any(unicodedata.category(c) == "Cc" for c in name):
+    if _CONTROL.search(name):
         return "contains a NUL or control character"
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+    if _SURROGATE.search(name):
         return "contains a lone surrogate"
-    if ".." in name.split("/"):
+    if _BIDI_CONTROL.search(name):
+        return "contains a Unicode bidirectional control (U+202A-U+202E, U+2066-U+2069)"
+    segments = name.removesuffix("/").split("/")
+    if ".." in segments:
         return "contains a '..' segment"
+    if "." in segments:
+        return "contains a '.' segment"
+    if "" in segments:
+        return "contains an empty segment ('//')"
     if len(name.encode("utf-8")) > MAX_KEY_BYTES:
         return f"is longer than {MAX_KEY_BYTES} bytes"
     if re.match(r"^[A-Za-z]:", name):
@@ -71,11 +96,21 @@ def validate_entry_name(name: str) -> str | None:
     return None
 
 
+def name_key(name: str) -> str:
+    """What two entry names are compared by: equal after Unicode NFC means the same file on
+    extraction (macOS stores NFD, Linux keeps bytes), so they are duplicates (CONTRACT §7.9)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def _check_key(key: str, where: str) -> None:
     if not key:
         raise InvalidManifest(f"{where}: the key is empty")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in key) or "\x00" in key:
+    if _SURROGATE.search(key):
         raise InvalidManifest(f"{where}: the key {_show(key)} is not valid UTF-8 text")
+    if _KEY_CONTROL.search(key):
+        raise InvalidManifest(
+            f"{where}: the key {_show(key)} contains a NUL or control character (below 32, or DEL)"
+        )
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise InvalidManifest(f"{where}: the key is longer than {MAX_KEY_BYTES} bytes")
 
@@ -97,25 +132,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _depth_ok(text: str) -> bool:
     """Cheap guard before json.loads: nesting deeper than any manifest needs is rejected."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > _MAX_DEPTH:
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token[0] in "[{":
+            depth += len(token)
+            if depth > _MAX_DEPTH:
                 return False
-        elif char in "]}":
-            depth -= 1
+        elif token[0] in "]}":
+            depth -= len(token)
     return True
 
 
@@ -123,6 +148,8 @@ def decode(raw: bytes) -> dict[str, Any]:
     """Bytes → the manifest's JSON object, or InvalidManifest saying why not."""
     if len(raw) > MAX_MANIFEST_BYTES:
         raise InvalidManifest(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise InvalidManifest("the manifest starts with a byte order mark (BOM): plain UTF-8 only")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -191,6 +218,17 @@ def check_target(target: object, *, requests_prefix: str) -> str:
     if not target or target.endswith("/"):
         raise InvalidManifest(f"target: {_show(target)} is not an object key")
     _check_key(target, "target")
+    for suffix in MARKER_SUFFIXES:
+        if target.endswith(suffix):
+            raise InvalidManifest(
+                f"target: {_show(target)} ends with {suffix!r}: that is another job's marker key"
+            )
+    room = MAX_KEY_BYTES - max(len(suffix) for suffix in MARKER_SUFFIXES)
+    if len(target.encode("utf-8")) > room:
+        raise InvalidManifest(
+            f"target: longer than {room} bytes: its markers would pass the store's "
+            f"{MAX_KEY_BYTES}-byte key limit"
+        )
     if target.startswith(requests_prefix):
         raise TargetConflict(f"target: {_show(target)} is inside the requests prefix")
     return target
@@ -217,11 +255,12 @@ def parse_manifest(raw: bytes, *, requests_prefix: str) -> Manifest:
     for i, spec in enumerate(specs):
         if spec.key is None:
             continue
-        if spec.name in seen:
+        compared = name_key(spec.name)
+        if compared in seen:
             raise InvalidManifest(
-                f"files[{i}]: entry name {_show(spec.name)} is used by files[{seen[spec.name]}] too"
+                f"files[{i}]: entry name {_show(spec.name)} is used by files[{seen[compared]}] too"
             )
-        seen[spec.name] = i
+        seen[compared] = i
     target = check_target(document["target"], requests_prefix=requests_prefix)
     for i, spec in enumerate(specs):
         if spec.key == target:
@@ -258,19 +297,99 @@ def job_id_for(manifest: Manifest | None, manifest_key: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def guess_target(raw: bytes, *, requests_prefix: str) -> str | None:
-    """The target of a rejected manifest when it names a usable one, so a marker can be written."""
+_UNREADABLE = object()  # a top-level value that is not a (decodable) JSON string
+# Broken JSON is scanned token by token in Python: only this much of it, so a hostile manifest
+# costs a bounded time (the head of an oversized one is read for the same purpose).
+GUESS_SCAN_CHARS = 1 << 20
+
+
+def _top_level_strings(raw: bytes, field: str) -> list[object]:
+    """Every value of the top-level ``field`` in what may be broken JSON, in order.
+
+    Tolerates what :func:`decode` rejects — a BOM, duplicate fields, any nesting, invalid UTF-8
+    elsewhere, a text cut short (the head of an oversized manifest) — so a rejected manifest can
+    still be traced to its target. A value that is not a string counts as :data:`_UNREADABLE`.
+    JSON the parser reads (duplicates, a BOM) is read by it; other text by :func:`_scan`.
+    """
+    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    if not text.lstrip().startswith("{"):
+        return []
     try:
-        document = decode(raw)
-        return check_target(document.get("target"), requests_prefix=requests_prefix)
+        pairs = json.loads(text, object_pairs_hook=lambda pairs: pairs)
+    except (ValueError, RecursionError):
+        return _scan(text[:GUESS_SCAN_CHARS], field)
+    return [value if isinstance(value, str) else _UNREADABLE for k, value in pairs if k == field]
+
+
+def _scan(text: str, field: str) -> list[object]:
+    """:func:`_top_level_strings` of text that is not JSON, without recursion."""
+    found: list[object] = []
+    depth = 0
+    state = "key"  # at depth 1: "key" -> "colon" -> "value" -> "after" -> "key"
+    key: str | None = None
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        first = token[0]
+        if first in "[{":
+            if depth == 1 and state == "value":
+                if key == field:
+                    found.append(_UNREADABLE)
+                state = "after"
+            depth += len(token)
+            continue
+        if first in "]}":
+            if depth == 1 and state == "value" and key == field:
+                found.append(_UNREADABLE)
+            depth -= len(token)
+            if depth <= 0:
+                break
+            continue
+        if depth != 1:
+            continue
+        if first == '"':
+            try:
+                string = json.loads(token)
+            except ValueError:
+                string = _UNREADABLE
+            if state == "key":
+                key = string if isinstance(string, str) else None
+                state = "colon"
+            elif state == "value":
+                if key == field:
+                    found.append(string)
+                state = "after"
+        elif first == ":":
+            state = "value"
+        else:  # ","
+            if state == "value" and key == field:
+                found.append(_UNREADABLE)  # a number, true, false or null
+            state = "key"
+    if state == "value" and key == field:
+        found.append(_UNREADABLE)  # cut short before the value
+    return found
+
+
+def _single(values: list[object]) -> object:
+    """The one value given (repeated identically at most), else :data:`_UNREADABLE`."""
+    if not values or any(value != values[0] for value in values):
+        return _UNREADABLE
+    return values[0]
+
+
+def guess_target(raw: bytes, *, requests_prefix: str) -> str | None:
+    """The target of a rejected manifest when it names one usable target, so a failed result
+    marker can be written there (CONTRACT §7.6). Reads broken JSON too: see
+    :func:`_top_level_strings`; ``raw`` may be just the head of an oversized manifest."""
+    target = _single(_top_level_strings(raw, "target"))
+    if not isinstance(target, str):
+        return None
+    try:
+        return check_target(target, requests_prefix=requests_prefix)
     except (InvalidManifest, TargetConflict):
         return None
 
 
 def guess_id(raw: bytes) -> str | None:
     """The ``id`` of a rejected manifest when it gave a valid one, so its markers carry it."""
-    try:
-        job_id = decode(raw).get("id")
-    except InvalidManifest:
-        return None
+    job_id = _single(_top_level_strings(raw, "id"))
     return job_id if is_job_id(job_id) else None

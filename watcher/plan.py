@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from watcher.errors import InvalidManifest, MissingInput
-from watcher.manifest import MAX_ENTRIES, Manifest, validate_entry_name
+from watcher.manifest import MAX_ENTRIES, Manifest, name_key, validate_entry_name
 
 MARKER_SUFFIXES = (".status.json", ".result.json")
 
@@ -67,7 +67,12 @@ def build_plan(
     target_key: str,
     same_bucket: bool,
 ) -> Plan:
-    """Expand prefixes, check every name, and fix the archive's order (manifest order)."""
+    """Expand prefixes, check every name, and fix the archive's order (manifest order).
+
+    Every name extracts as written (CONTRACT §7.9): names equal after NFC are duplicates, no
+    name is both a file and a directory of another entry, and an object whose key ends in ``/``
+    becomes a directory entry only when it holds no data (else its bytes would be lost).
+    """
     missing = manifest.missing or defaults.missing
     own_outputs = {target_key, *(target_key + s for s in MARKER_SUFFIXES)} if same_bucket else set()
     entries: list[Entry] = []
@@ -75,12 +80,13 @@ def build_plan(
     names: dict[str, str] = {}
 
     def add(entry: Entry) -> None:
-        if entry.name in names:
+        compared = name_key(entry.name)
+        if compared in names:
             raise InvalidManifest(
-                f"entry name {entry.name!r} is used twice (by {names[entry.name]!r} and "
+                f"entry name {entry.name!r} is used twice (by {names[compared]!r} and "
                 f"{entry.key!r})"
             )
-        names[entry.name] = entry.key
+        names[compared] = entry.key
         entries.append(entry)
         if len(entries) > MAX_ENTRIES:
             raise InvalidManifest(f"the archive would have more than {MAX_ENTRIES} entries")
@@ -92,21 +98,27 @@ def build_plan(
         assert spec.prefix is not None
         found = False
         for obj in list_prefix(spec.prefix):
-            if obj.key.endswith("/") and obj.size == 0:
-                continue  # a "folder" placeholder, not a file
             if obj.key in own_outputs:
                 skipped.append(Skipped(obj.key, "the job's own output"))
                 continue
-            found = True
             name = spec.name + obj.key[len(spec.prefix) :]
+            if not name and obj.key == spec.prefix:
+                continue  # the folder object of a prefix flattened into the archive's root
             reason = validate_entry_name(name)
             if reason is not None:
                 raise InvalidManifest(f"object {obj.key!r} would be entry {name!r}, which {reason}")
+            if name.endswith("/") and obj.size:
+                raise InvalidManifest(
+                    f"object {obj.key!r} holds {obj.size} bytes but its key ends in '/': "
+                    f"entry {name!r} would extract as an empty directory"
+                )
+            found = True
             add(Entry(obj.key, name, obj.size, obj.last_modified))
         if not found:
             if missing == "fail":
                 raise MissingInput(f"no objects under the prefix {spec.prefix!r}")
             skipped.append(Skipped(spec.prefix, "no objects under this prefix"))
+    _no_file_is_a_directory(entries)
     return Plan(
         entries=tuple(entries),
         skipped=tuple(skipped),
@@ -114,3 +126,18 @@ def build_plan(
         missing=missing,
         level=defaults.level,
     )
+
+
+def _no_file_is_a_directory(entries: list[Entry]) -> None:
+    """A file entry ``d/a`` next to ``d/a/b`` (or a directory entry ``d/a/``) cannot both be
+    extracted: one of them would fail or replace the other."""
+    files = {name_key(e.name): e.name for e in entries if not e.name.endswith("/")}
+    for entry in entries:
+        parts = name_key(entry.name).removesuffix("/").split("/")
+        for depth in range(1, len(parts) + (1 if entry.name.endswith("/") else 0)):
+            parent = "/".join(parts[:depth])
+            if parent in files:
+                raise InvalidManifest(
+                    f"entry name {files[parent]!r} is both a file and a directory (of "
+                    f"{entry.name!r})"
+                )

@@ -161,6 +161,102 @@ REJECTED = [
     ),
     ("too large", b" " * (MAX_MANIFEST_BYTES + 1), "invalid_manifest", "larger"),
     ("long key", {"files": ["k" * 1100], "target": "t.zip"}, "invalid_manifest", "1024"),
+    # CONTRACT §7.6: rejected, with a clear message
+    (
+        "byte order mark",
+        b'\xef\xbb\xbf{"files": ["a"], "target": "t.zip"}',
+        "invalid_manifest",
+        "BOM",
+    ),
+    # CONTRACT §7.8: targets are safe keys
+    (
+        "target is a result marker",
+        {"files": ["a"], "target": "out/r.zip.result.json"},
+        "invalid_manifest",
+        ".result.json",
+    ),
+    (
+        "target is a status marker",
+        {"files": ["a"], "target": "out/r.zip.status.json"},
+        "invalid_manifest",
+        ".status.json",
+    ),
+    (
+        "target leaves no room for its markers",
+        {"files": ["a"], "target": "t" * 1013},
+        "invalid_manifest",
+        "1024",
+    ),
+    (
+        "target with a control character",
+        {"files": ["a"], "target": "out/\u0001.zip"},
+        "invalid_manifest",
+        "control",
+    ),
+    (
+        "target with DEL",
+        {"files": ["a"], "target": "out/\u007f.zip"},
+        "invalid_manifest",
+        "control",
+    ),
+    (
+        "key with a control character",
+        {"files": [{"key": "in/\u001f", "name": "x"}], "target": "t.zip"},
+        "invalid_manifest",
+        "control",
+    ),
+    (
+        "key with DEL",
+        {"files": [{"prefix": "in/\u007f/", "name": "x/"}], "target": "t.zip"},
+        "invalid_manifest",
+        "control",
+    ),
+    # CONTRACT §7.9: entry names extract as written
+    (
+        "dot segment",
+        {"files": [{"key": "a", "name": "x/./y"}], "target": "t.zip"},
+        "invalid_manifest",
+        "'.' segment",
+    ),
+    (
+        "leading dot segment",
+        {"files": ["./a"], "target": "t.zip"},
+        "invalid_manifest",
+        "'.' segment",
+    ),
+    (
+        "empty segment",
+        {"files": [{"key": "a", "name": "x//y"}], "target": "t.zip"},
+        "invalid_manifest",
+        "empty segment",
+    ),
+    (
+        "dot segment in a prefix name",
+        {"files": [{"prefix": "p/", "name": "x/./"}], "target": "t.zip"},
+        "invalid_manifest",
+        "'.' segment",
+    ),
+    (
+        "right-to-left override",
+        {"files": [{"key": "a", "name": "evil\u202etxt.exe"}], "target": "t.zip"},
+        "invalid_manifest",
+        "bidirectional",
+    ),
+    (
+        "isolate control",
+        {"files": [{"key": "a", "name": "a\u2066b"}], "target": "t.zip"},
+        "invalid_manifest",
+        "bidirectional",
+    ),
+    (
+        "duplicate names after NFC",
+        {
+            "files": [{"key": "a", "name": "caf\u00e9"}, {"key": "b", "name": "cafe\u0301"}],
+            "target": "t.zip",
+        },
+        "invalid_manifest",
+        "files[1]",
+    ),
 ]
 
 
@@ -302,3 +398,83 @@ def test_accepted_names_are_always_safe(name):
     accepted = manifest.files[0].name
     assert accepted and not accepted.startswith("/")
     assert ".." not in accepted.split("/") and "\\" not in accepted and "\x00" not in accepted
+
+
+def test_a_target_that_leaves_exactly_room_for_its_markers_is_accepted():
+    longest = max(len(".status.json"), len(".result.json"))
+    target = "t" * (1024 - longest)
+    assert parse({"files": ["a"], "target": target}).target == target
+    multibyte = "\u00e9" * ((1024 - longest) // 2)  # 2 bytes each in UTF-8
+    assert parse({"files": ["a"], "target": multibyte}).target == multibyte
+    with pytest.raises(InvalidManifest, match="1024"):
+        parse({"files": ["a"], "target": multibyte + "xx"})
+
+
+def test_names_equal_only_after_nfc_are_duplicates_but_each_keeps_its_own_form():
+    manifest = parse({"files": [{"key": "a", "name": "cafe\u0301/x"}], "target": "t.zip"})
+    assert manifest.files[0].name == "cafe\u0301/x"
+    with pytest.raises(InvalidManifest, match="files\\[1\\]"):
+        parse({"files": ["caf\u00e9", "cafe\u0301"], "target": "t.zip"})
+
+
+# CONTRACT §7.6: a rejected manifest whose target can be read leaves a failed result marker.
+READABLE_TARGETS = [
+    ("duplicate field", b'{"files": ["a"], "files": ["b"], "target": "out/x.zip"}'),
+    (
+        "duplicate target, same value",
+        b'{"target": "out/x.zip", "files": [], "target": "out/x.zip"}',
+    ),
+    ("byte order mark", b'\xef\xbb\xbf{"files": ["a"], "target": "out/x.zip"}'),
+    ("deep nesting", b'{"files": ' + b"[" * 5000 + b"]" * 5000 + b', "target": "out/x.zip"}'),
+    ("deep nesting, unclosed", b'{"target": "out/x.zip", "files": ' + b"[" * 100_000),
+    ("head of a big manifest", b'{"target": "out/x.zip", "files": ["a", "b", "c'),
+    ("broken after the target", b'{"files": [{"key": "a"}], "target": "out/x.zip", oops'),
+    ("escaped target", b'{"target": "out/\\u0078.zip", "files": {"target": "no"}}'),
+    ("invalid utf-8 elsewhere", b'{"files": ["\xff"], "target": "out/x.zip"}'),
+    ("a field named target inside files", b'{"files": [{"target": "no"}], "target": "out/x.zip"}'),
+]
+
+
+@pytest.mark.parametrize(("case", "raw"), READABLE_TARGETS, ids=[r[0] for r in READABLE_TARGETS])
+def test_guess_target_reads_the_target_of_a_rejected_manifest(case, raw):
+    assert guess_target(raw, requests_prefix=PREFIX) == "out/x.zip"
+
+
+UNREADABLE_TARGETS = [
+    ("two different targets", b'{"files": [], "target": "out/x.zip", "target": "out/y.zip"}'),
+    ("target only nested", b'{"files": [{"target": "out/x.zip"}]}'),
+    ("target as a value", b'{"files": ["target"], "name": "target"}'),
+    ("not an object", b'["target", "out/x.zip"]'),
+    ("target a marker key", b'{"target": "out/x.zip.result.json"}'),
+    ("target too long", b'{"target": "' + b"t" * 1013 + b'"}'),
+    ("target cut off", b'{"files": [], "target": "out/x.z'),
+    ("target not a string", b'{"target": ["out/x.zip"]}'),
+    ("target a number then a string", b'{"target": 5, "target": "out/x.zip"}'),
+    ("target with invalid utf-8", b'{"target": "out/\xff.zip"}'),
+    ("target with a bad escape", b'{"target": "out/\\q.zip"}'),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "raw"), UNREADABLE_TARGETS, ids=[r[0] for r in UNREADABLE_TARGETS]
+)
+def test_guess_target_gives_none_when_no_single_safe_target_can_be_read(case, raw):
+    assert guess_target(raw, requests_prefix=PREFIX) is None
+
+
+def test_guess_id_reads_the_id_of_manifests_json_cannot_parse():
+    from watcher.manifest import guess_id
+
+    assert guess_id(b'\xef\xbb\xbf{"id": "mine-1", "id": "mine-1", "files": [[[[') == "mine-1"
+    assert guess_id(b'{"id": "mine-1", "id": "mine-2"}') is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_guess_target_agrees_with_the_parser_on_valid_json(value):
+    raw = json.dumps(value).encode()
+    try:
+        expected = parse_manifest(raw, requests_prefix=PREFIX).target
+    except (InvalidManifest, TargetConflict):
+        return
+    assert guess_target(raw, requests_prefix=PREFIX) == expected

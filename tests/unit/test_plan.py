@@ -35,6 +35,7 @@ def plan_for(
     same_bucket: bool = True,
     defaults: ZipSettings = ZipSettings(),
 ):
+    document = {"target": "out.zip", **document}
     manifest = parse_manifest(json.dumps(document).encode(), requests_prefix="zip-requests/")
     return build_plan(
         manifest,
@@ -59,12 +60,62 @@ def test_plain_keys_leave_size_to_the_get_and_prefixes_use_the_listing():
     assert (plan.compression, plan.missing, plan.level) == ("auto", "fail", 6)
 
 
-def test_prefix_name_defaults_to_the_prefix_and_folder_markers_are_skipped():
+def test_prefix_name_defaults_to_the_prefix_and_empty_folder_objects_are_directories():
     plan = plan_for(
         {"files": [{"prefix": "docs/"}], "target": "out.zip"},
         {"docs/": 0, "docs/a": 1, "docs/b/": 0, "docs/b/c": 2},
     )
-    assert [e.name for e in plan.entries] == ["docs/a", "docs/b/c"]
+    assert [e.name for e in plan.entries] == ["docs/", "docs/a", "docs/b/", "docs/b/c"]
+    assert [e.size for e in plan.entries] == [0, 1, 0, 2]
+
+
+def test_a_flattened_prefix_drops_only_its_own_folder_object():
+    plan = plan_for(
+        {"files": [{"prefix": "docs/", "name": ""}], "target": "out.zip"},
+        {"docs/": 0, "docs/a": 1, "docs/b/": 0},
+    )
+    assert [e.name for e in plan.entries] == ["a", "b/"]
+
+
+def test_a_folder_object_holding_data_is_rejected_naming_the_key_and_size():
+    # CONTRACT §7.9: extracted as a directory, its 31 bytes would be lost.
+    with pytest.raises(InvalidManifest, match="'p/dir/'.*31 bytes"):
+        plan_for({"files": [{"prefix": "p/"}], "target": "out.zip"}, {"p/a": 1, "p/dir/": 31})
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        ({"p/a//b": 1}, "empty segment"),
+        ({"p/a/./b": 1}, "'.' segment"),
+        ({"p/./": 0}, "'.' segment"),
+        ({"p/evil\u202etxt.exe": 1}, "bidirectional"),
+        ({"p/x\x7f": 1}, "control"),
+    ],
+)
+def test_expanded_names_that_would_not_extract_as_written_are_rejected(keys, reason):
+    with pytest.raises(InvalidManifest, match=reason):
+        plan_for({"files": [{"prefix": "p/"}], "target": "out.zip"}, keys)
+
+
+def test_names_equal_after_nfc_are_duplicates_across_plain_and_expanded_entries():
+    with pytest.raises(InvalidManifest, match="used twice"):
+        plan_for(
+            {"files": [{"key": "x", "name": "d/caf\u00e9"}, {"prefix": "src/", "name": "d/"}]},
+            {"src/cafe\u0301": 1},
+        )
+    with pytest.raises(InvalidManifest, match="used twice"):
+        plan_for({"files": [{"prefix": "src/"}]}, {"src/caf\u00e9": 1, "src/cafe\u0301": 2})
+
+
+def test_a_file_name_that_is_also_a_directory_of_another_entry_is_rejected():
+    with pytest.raises(InvalidManifest, match="'d/a'.*both a file and a directory"):
+        plan_for(
+            {"files": [{"key": "x", "name": "d/a"}, {"prefix": "src/", "name": "d/"}]},
+            {"src/a/b": 1},
+        )
+    with pytest.raises(InvalidManifest, match="both a file and a directory"):
+        plan_for({"files": [{"prefix": "src/"}, {"key": "x", "name": "src/a"}]}, {"src/a/": 0})
 
 
 def test_expansion_over_thousands_of_keys_keeps_listing_order():
