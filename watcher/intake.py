@@ -223,7 +223,8 @@ def error_report(job_id: str, error: JobError, *, attempts: int) -> dict[str, An
 
 
 def error_report_key(prefix: str, manifest_key: str) -> str:
-    return f"{prefix}{FAILED_SUBPREFIX}{manifest_key[len(prefix) :]}{ERROR_SUFFIX}"
+    name = manifest_key[len(prefix) :].removesuffix(".json")
+    return f"{prefix}{FAILED_SUBPREFIX}{name}{ERROR_SUFFIX}"
 
 
 def write_error_report(

@@ -192,5 +192,5 @@ def test_the_error_report_is_written_next_to_the_filed_manifest():
     key = write_error_report(
         store, SETTINGS, PREFIX + "nightly.json", "job-1", InvalidManifest("bad"), attempts=3
     )
-    assert key == PREFIX + "failed/nightly.json.error.json"
+    assert key == PREFIX + "failed/nightly.error.json"
     assert json.loads(store.objects[("bucket", key)])["attempts"] == 3
