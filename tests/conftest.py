@@ -172,10 +172,14 @@ def deterministic_bytes(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def verify_zip(path: Path, expected: Mapping[str, bytes]) -> zipfile.ZipFile:
+def verify_zip(
+    path: Path, expected: Mapping[str, bytes], *, readers: bool = False, parse: bool = False
+) -> zipfile.ZipFile:
     """Open the ZIP with independent readers and check names, sizes, CRCs and bytes exactly.
 
-    ``zipfile`` always; ``unzip -t`` as well when it is installed.
+    ``zipfile`` always; ``unzip -t`` as well when it is installed; with ``readers``, the whole
+    reader matrix of CONTRACT §10 (tests/readers; ``parse``: include unzipper's ``Parse``, for
+    archives whose members have no data descriptor).
     """
     zf = zipfile.ZipFile(path)
     infos = {info.filename: info for info in zf.infolist()}
@@ -189,7 +193,47 @@ def verify_zip(path: Path, expected: Mapping[str, bytes]) -> zipfile.ZipFile:
     if shutil.which("unzip"):
         result = subprocess.run(["unzip", "-t", "-qq", str(path)], capture_output=True)
         assert result.returncode == 0, result.stdout + result.stderr
+    if readers:
+        from readers import check_with_all_readers
+
+        check_with_all_readers(path, expected, parse=parse)
     return zf
+
+
+MANY_ENTRIES = 65_600
+
+
+@pytest.fixture(scope="session")
+def many_entries_zip(
+    s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, bytes]]:
+    """(path, expected) of the product's archive of 65,600 tiny entries (more than 65,535, so its
+    end records are ZIP64), made by ``run_job`` over HTTP once per session: minutes of GETs."""
+    import json
+
+    from watcher.config import from_mapping
+    from watcher.job import run_job
+    from watcher.store import Store, make_client
+
+    s3 = s3_server.client()
+    bucket = f"test-many-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    put_objects(s3, bucket, {"one.txt": b"1", "two.txt": b"22"})
+    files = [
+        {"key": "one.txt" if i % 2 else "two.txt", "name": f"d{i // 1000}/{i}.txt"}
+        for i in range(MANY_ENTRIES)
+    ]
+    env = {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": s3_server.endpoint_url, "BUCKET_NAME": bucket}
+    settings = from_mapping({}, env)
+    manifest = json.dumps({"files": files, "target": "out/many.zip"}).encode()
+    with pytest.MonkeyPatch.context() as patch:  # the session outlives _aws_test_env's patching
+        for name, value in TEST_CREDENTIALS.items():
+            patch.setenv(name, value)
+        outcome = run_job(Store(make_client(settings.s3)), settings, manifest, manifest_key=None)
+    assert outcome.state == "succeeded", outcome.error
+    path = tmp_path_factory.mktemp("many-entries") / "many.zip"
+    s3.download_file(bucket, "out/many.zip", str(path))
+    return path, {f"d{i // 1000}/{i}.txt": b"1" if i % 2 else b"22" for i in range(MANY_ENTRIES)}
 
 
 def download(s3, bucket: str, key: str, dest: Path) -> Path:
