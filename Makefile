@@ -32,6 +32,7 @@ DATASETS ?= small,mixed,large
 RUNS ?= 3
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --datasets $(DATASETS) --runs $(RUNS) $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.deflate $(if $(QUICK),--member-mib 64 --text-mib 16,)
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak

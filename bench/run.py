@@ -261,7 +261,7 @@ def raw_copy(s3, objs: list[Obj], gets: int = 16, puts: int = 4, part: int = 8 *
 def compressor_rates(objs: list[Obj]) -> dict:
     """One core, the compressible half: the pipeline's deflate at levels 2, 6 (ISA-L) and 7, 8
     (zlib-ng) against stdlib zlib at level 6."""
-    from watcher.pipeline import _compressobj
+    from watcher.deflate import compressobj as _compressobj
 
     sample = b"".join(body_of(o) for o in objs if o.kind == "text")[: 128 * MiB]
 

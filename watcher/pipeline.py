@@ -5,14 +5,16 @@ Three kinds of threads work at once:
 * fetchers (``max_parallel_gets``) GET the upcoming entries in archive order and queue their
   chunks; all queued bytes together stay under ``read_ahead_bytes`` — except for the entry being
   zipped right now, which may always proceed, so the window can never deadlock;
-* the calling thread runs stream-zip over those chunks (deflate happens here: ISA-L for the
-  fast levels, zlib-ng for the dense ones, see :func:`deflate_backend`);
+* the calling thread runs stream-zip over those chunks; deflated entries arrive compressed: each
+  fetcher deflates its entry in 1 MiB chunks on a :class:`~watcher.deflate.DeflatePool` of one
+  thread per core, so one big entry uses every core (levels and libraries: :mod:`watcher.deflate`);
 * uploaders (``upload_concurrency``) send finished parts; a semaphore caps the part buffers alive.
 
 Peak memory is therefore about ``read_ahead_bytes + HEAD_ALLOWANCE + (upload_concurrency + 1) ×
-part size`` (32 + 8 + 4 × 9 MiB with the defaults, ~140 MiB RSS in all), whatever the archive's
-size. An archive that fits in its first part is sent with one PutObject;
-anything larger goes through a multipart upload that is aborted on any failure.
+part size`` (32 + 8 + 4 × 9 MiB with the defaults, ~140 MiB RSS in all), plus the deflate pool's
+``2 × cores`` chunks in flight (each ≤ 2 MiB + 32 KiB), whatever the archive's size. An archive
+that fits in its first part is sent with one PutObject; anything larger goes through a multipart
+upload that is aborted on any failure.
 
 Compression (``compression: auto``) is decided per entry by :func:`choose_method`. A truly STORED
 entry needs its CRC-32 before its bytes (stream-zip buffers it otherwise), so: stored entries up
@@ -27,7 +29,6 @@ from __future__ import annotations
 import collections
 import stat
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,24 +44,14 @@ from stream_zip import (
     stream_zip,
 )
 
+from watcher.deflate import ChunkedDeflater, DeflatePool, crc32
+from watcher.deflate import compressobj as _compressobj
 from watcher.errors import InternalError, JobCancelled, JobError, MissingInput, StorageError
 from watcher.markers import EntryResult, Progress
 
 if TYPE_CHECKING:
     from watcher.plan import Entry, Plan
     from watcher.store import MultipartUpload, Store
-
-try:
-    from isal import isal_zlib as _fast_lib
-
-    HAVE_ISAL = True
-except ImportError:  # pragma: no cover - the wheel exists for every supported platform
-    _fast_lib = zlib  # type: ignore[assignment]
-    HAVE_ISAL = False
-try:
-    from zlib_ng import zlib_ng as _dense_lib
-except ImportError:  # pragma: no cover
-    _dense_lib = zlib  # type: ignore[assignment]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -107,29 +98,6 @@ def part_size(known_bytes: int, part_number: int, minimum: int = MIN_PART) -> in
     return min(MAX_PART, max(base, minimum << ((part_number - 1) // 1000)))
 
 
-DENSE_LEVELS = {7: 5, 8: 6, 9: 9}
-
-
-def deflate_backend(level: int) -> tuple[Any, int]:
-    """The deflate library and its own level for the configuration's 0–9.
-
-    Levels 0–6 (the default is 6) favour speed: ISA-L (``isal_zlib``), level 1 for 0–3 and 2 for
-    4–6 — several hundred MB/s on one core, archives a few to ~18 % larger than zlib's level 6
-    on dense text. ISA-L's level 0 is never used: it grows incompressible data by ~23 %.
-    Levels 7–9 favour size: zlib-ng at 5, 6 and 9 — zlib's ratios at 2–3× zlib's speed.
-    Each falls back to the stdlib ``zlib`` when its wheel is missing.
-    """
-    if level <= 6:
-        native = 1 if level <= 3 else 2
-        return (_fast_lib, native) if HAVE_ISAL else (zlib, level or 1)
-    return _dense_lib, DENSE_LEVELS[level]
-
-
-def _compressobj(level: int) -> Any:
-    library, native = deflate_backend(level)
-    return library.compressobj(native, library.DEFLATED, -15)
-
-
 def extension(name: str) -> str:
     base = name.rsplit("/", 1)[-1]
     return base.rsplit(".", 1)[-1].lower() if "." in base else ""
@@ -154,10 +122,6 @@ def clamp_mtime(moment: datetime | None) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return min(max(moment.astimezone(UTC), ZIP_EPOCH), UNIX32_END)
-
-
-def crc32(data: bytes, value: int = 0) -> int:
-    return _fast_lib.crc32(data, value)
 
 
 # -- read-ahead -------------------------------------------------------------------------------
@@ -236,7 +200,7 @@ class _Fetch:
     level: int = 1
     compressed: collections.deque = field(default_factory=collections.deque)
     tail: bytes = b""
-    crc: int = 0  # of the raw bytes read so far, computed by the fetch thread
+    crc: int = 0  # of the raw bytes: as read (stored) or once deflated to the end (deflate)
     error: BaseException | None = None
 
     def put(self, item: object) -> None:
@@ -289,6 +253,7 @@ class _ReadAhead:
         self.cancelled = cancelled
         self.window = max(1, parallel) * 4
         self.pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="get")
+        self.deflate_pool = DeflatePool()  # chunks of big members on every core
         self.fetches: dict[int, _Fetch] = {}
         self.next_to_submit = 0
 
@@ -302,6 +267,7 @@ class _ReadAhead:
     def _run(self, fetch: _Fetch) -> None:
         """GET one entry; every chunk's memory is reserved in the budget *before* it is read."""
         held = 0
+        compressor: ChunkedDeflater | None = None
         try:
             if self.budget.closed:
                 return
@@ -319,10 +285,13 @@ class _ReadAhead:
                     self.plan.compression, self.plan.level, fetch.entry.name, chunk, reader.size
                 )
                 fetch.opened.set()
-                compressor = _compressobj(fetch.level) if fetch.method == "deflate" else None
+                if fetch.method == "deflate":
+                    compressor = ChunkedDeflater(fetch.level, self.deflate_pool)
                 while chunk:
-                    fetch.crc = crc32(chunk, fetch.crc)
-                    packed = compressor.compress(chunk) if compressor is not None else b""
+                    if compressor is not None:
+                        packed = compressor.feed(chunk)  # computes the CRC-32 too
+                    else:
+                        fetch.crc, packed = crc32(chunk, fetch.crc), b""
                     self.budget.release(fetch.index, held - len(chunk) - len(packed))
                     held = 0
                     if self.budget.closed:
@@ -332,11 +301,14 @@ class _ReadAhead:
                     held = reserve
                     chunk = next(chunks, b"")
                 if compressor is not None:
-                    fetch.tail = compressor.flush()
+                    fetch.tail = compressor.finish()
+                    fetch.crc = compressor.crc
         except BaseException as exc:  # handed to the consumer, which decides
             fetch.error = exc
             fetch.opened.set()
         finally:
+            if compressor is not None:
+                compressor.close()  # gives back its chunks still in the pool, if it failed
             if held:
                 self.budget.release(fetch.index, held)
             fetch.put(_END)
@@ -367,6 +339,7 @@ class _ReadAhead:
     def close(self) -> None:
         self.budget.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.deflate_pool.close()
 
 
 # -- upload -----------------------------------------------------------------------------------

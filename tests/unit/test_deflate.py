@@ -246,3 +246,17 @@ def test_default_level_is_within_5_percent_of_zlib_6_and_the_fast_level_is_isal(
     assert len(one_shot(deflate.DEFAULT_LEVEL, data)) <= 1.05 * zlib6
     library, _ = deflate_backend(deflate.FAST_LEVEL)
     assert library.__name__.endswith("isal_zlib")
+
+
+def test_the_level_table_isal_for_speed_zlib_ng_for_size_never_isal_level_0():
+    from isal import isal_zlib
+    from zlib_ng import zlib_ng
+
+    assert [deflate_backend(n) for n in range(5)] == [
+        (isal_zlib, 1),
+        (isal_zlib, 1),
+        (isal_zlib, 2),
+        (isal_zlib, 2),
+        (isal_zlib, 3),
+    ]
+    assert [deflate_backend(n) for n in range(5, 10)] == [(zlib_ng, n) for n in (4, 5, 6, 7, 8)]

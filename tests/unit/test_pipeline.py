@@ -23,7 +23,6 @@ from watcher.pipeline import (
     PipelineLimits,
     choose_method,
     clamp_mtime,
-    deflate_backend,
     part_size,
     write_zip,
 )
@@ -57,14 +56,6 @@ def test_incompressible_bytes_are_stored_and_text_is_deflated():
     assert choose_method("data.bin", noise) == "store"
     assert choose_method("log.txt", b"GET /index.html 200\n" * 4000) == "deflate"
     assert choose_method("tiny.bin", b"\x00\x01") == "deflate"
-
-
-def test_levels_up_to_6_use_isal_without_its_level_zero_and_7_to_9_zlib_ng():
-    from isal import isal_zlib
-    from zlib_ng import zlib_ng
-
-    assert [deflate_backend(n) for n in range(7)] == [(isal_zlib, 1)] * 4 + [(isal_zlib, 2)] * 3
-    assert [deflate_backend(n) for n in (7, 8, 9)] == [(zlib_ng, 5), (zlib_ng, 6), (zlib_ng, 9)]
 
 
 def test_timestamps_are_clamped_to_what_the_zip_can_hold():
@@ -171,7 +162,7 @@ def zip_it(store, plan, *, limits=SMALL_PARTS, cancel=None) -> Progress:
 
 
 def pipeline_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(("get_", "put_"))]
+    return [t.name for t in threading.enumerate() if t.name.startswith(("get_", "put_", "deflate_"))]
 
 
 def saved(store: FakeStore, tmp_path) -> object:
