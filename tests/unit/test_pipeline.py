@@ -162,7 +162,8 @@ def zip_it(store, plan, *, limits=SMALL_PARTS, cancel=None) -> Progress:
 
 
 def pipeline_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(("get_", "put_", "deflate_"))]
+    prefixes = ("get_", "put_", "deflate_")
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
 
 
 def saved(store: FakeStore, tmp_path) -> object:
