@@ -28,7 +28,9 @@ from readers import (
 )
 
 # Text that deflates, incompressible bytes (stored by `auto` from their first bytes), a media
-# extension, an empty object and a name outside ASCII.
+# extension, an empty object, a name outside ASCII, and a directory entry (a 0-byte object whose
+# key ends in "/", CONTRACT §7.9) with a file under it, both taken through a prefix.
+TREE = {"tree/": b"", "tree/leaf.txt": b"leaf\n"}
 OBJECTS = {
     "docs/readme.txt": b"The quick brown fox jumps over the lazy dog.\n" * 2000,
     "rows.csv": b"".join(b"%d,row,%d\n" % (i, i * 7) for i in range(150_000)),
@@ -37,16 +39,16 @@ OBJECTS = {
     "empty.txt": b"",
     "caf\u00e9/\u65e5\u672c-\U0001f600.txt": "unicode \u2713\n".encode() * 50,
 }
+EXPECTED = {**OBJECTS, **TREE}
 
 
 def zip_with_cli(s3, bucket, s3_env, tmp_path, compression: str) -> tuple:
-    """Run `b2-zip-watcher zip` on OBJECTS; (archive path, its result marker)."""
-    put_objects(s3, bucket, OBJECTS)
+    """Run `b2-zip-watcher zip` on EXPECTED; (archive path, its result marker)."""
+    put_objects(s3, bucket, EXPECTED)
     target = f"out/{compression}.zip"
+    files = [*OBJECTS, {"prefix": "tree/"}]
     manifest = tmp_path / f"{compression}.json"
-    manifest.write_text(
-        json.dumps({"files": list(OBJECTS), "target": target, "compression": compression})
-    )
+    manifest.write_text(json.dumps({"files": files, "target": target, "compression": compression}))
     done = subprocess.run(
         [sys.executable, "-m", "watcher", "zip", str(manifest)],
         env={**os.environ, **s3_env},
@@ -69,7 +71,7 @@ def test_mixed_archive_opens_in_every_reader(s3, bucket, s3_env, tmp_path):
     assert methods(result) == {"store", "deflate"}, "the archive must mix both methods"
     # Parse too: CONTRACT §10 only requires it without data descriptors, but it reads these
     # deflated members' descriptors (none of their compressed bytes look like one).
-    check_with_all_readers(path, OBJECTS, parse=True)
+    check_with_all_readers(path, EXPECTED, parse=True)
 
 
 def test_store_only_archive_opens_in_every_reader_including_streaming_parse(
@@ -80,7 +82,7 @@ def test_store_only_archive_opens_in_every_reader_including_streaming_parse(
     with zipfile.ZipFile(path) as archive:
         described = [i.filename for i in archive.infolist() if i.flag_bits & 0x08]
     assert not described, f"stored members with a data descriptor: {described}"
-    check_with_all_readers(path, OBJECTS, parse=True)
+    check_with_all_readers(path, EXPECTED, parse=True)
 
 
 def _data_offset(path, name: str) -> int:
@@ -106,7 +108,7 @@ def test_every_reader_reports_a_changed_byte(s3, bucket, s3_env, tmp_path):
     installed = [r for r in READERS if r in matrix().readers]
     assert installed, "no reader is set up at all"
     with pytest.raises(AssertionError) as failure:
-        check_with_all_readers(broken, OBJECTS, parse=True)
+        check_with_all_readers(broken, EXPECTED, parse=True)
     report = str(failure.value)
     blind = [reader for reader in installed if f"\n  {reader}: " not in report]
     assert not blind, f"readers that did not notice a changed byte: {blind}\n{report}"

@@ -40,6 +40,8 @@ function digest(stream) {
   });
 }
 
+const EMPTY = { size: 0, crc32: 0, sha256: crypto.createHash('sha256').digest('hex') };
+
 function row(name, got, declaredSize, declaredCrc) {
   const known = (v) => (v === undefined || v === null ? null : Number(v));
   return { name, ...got, declared_size: known(declaredSize), declared_crc32: known(declaredCrc) };
@@ -73,7 +75,8 @@ async function withNodeStreamZip(file) {
   try {
     const out = [];
     for (const entry of Object.values(await zip.entries())) {
-      const got = await digest(await zip.stream(entry.name));
+      // it refuses to stream a directory entry ("Entry is not file"): read as empty
+      const got = entry.isDirectory ? EMPTY : await digest(await zip.stream(entry.name));
       out.push(row(entry.name, got, entry.size, entry.crc));
     }
     return out;
