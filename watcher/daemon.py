@@ -35,7 +35,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from watcher import intake, sdnotify
 from watcher.errors import InvalidManifest, JobCancelled, StorageError, WatcherError
-from watcher.job import run_job
+from watcher.job import reject_oversized, run_job
 from watcher.manifest import MAX_MANIFEST_BYTES
 
 if TYPE_CHECKING:
@@ -350,8 +350,8 @@ class Daemon:
                 return
             try:
                 raw = self.store.get_bytes(self.bucket, obj.key, max_bytes=MAX_MANIFEST_BYTES)
-            except InvalidManifest as exc:
-                log.error("manifest_rejected", code=exc.code, error=exc.message)
+            except InvalidManifest as exc:  # over the size limit
+                reject_oversized(self.store, self.settings, obj.key, exc, log=log)
                 self._file(obj.key, succeeded=False)
                 return
             if raw is None:
@@ -401,12 +401,11 @@ class Daemon:
                 log.warning("claim_release_failed", error=exc.message)
 
     def _on_job_start(self, job_id: str, target: str, manifest_key: str | None) -> None:
-        """Index the job for ``GET /jobs/<id>`` and abort uploads a dead earlier run left behind.
+        """Abort uploads a dead earlier run left behind (run_job indexed the job already).
 
         We hold the manifest's claim, so any unfinished upload of this target belongs to a run of
         it that died (B2 would otherwise keep its parts, and bill them, indefinitely).
         """
-        intake.record_job(self.store, self.settings, job_id, target, manifest_key)
         output = self.settings.buckets.output
         for upload in self.store.list_multipart_uploads(output, target):
             if upload["Key"] == target:

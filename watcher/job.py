@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from watcher.errors import InternalError, JobCancelled, JobError
+from watcher import intake
+from watcher.errors import IdConflict, InternalError, JobCancelled, JobError
 from watcher.manifest import guess_id, guess_target, job_id_for, parse_manifest
 from watcher.markers import JobInfo, MarkerWriter, Progress
 from watcher.pipeline import MiB, PipelineLimits, write_zip
@@ -27,6 +28,10 @@ from watcher.plan import build_plan
 if TYPE_CHECKING:
     from watcher.config import Settings
     from watcher.store import Store
+
+
+# How much of an oversized manifest is read to find its target.
+HEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,30 @@ def run_job(
         log = log.bind(job_id=job_id)
         target = guess_target(raw_manifest, requests_prefix=prefix)
         log.error("manifest_rejected", code=exc.code, error=exc.message, target=target)
-        result = None
-        if target is not None:
-            info = JobInfo(job_id, target, output, manifest_key, datetime.now(UTC))
-            result = MarkerWriter(store, info, Progress(), log=log).finished(exc)
-        return Outcome(job_id, "failed", target, exc, result)
+        return _rejected(store, settings, job_id, target, exc, manifest_key=manifest_key, log=log)
 
     job_id = job_id or job_id_for(manifest, manifest_key)
     log = log.bind(job_id=job_id)
+    if manifest_key is not None:
+        admission = intake.admit_job(store, settings, manifest, job_id, manifest_key)
+        if admission.decision == "duplicate":
+            log.info("job_already_succeeded", target=manifest.target)
+            return Outcome(job_id, "succeeded", manifest.target, None, admission.result)
+        if admission.decision == "conflict":
+            conflict = IdConflict(
+                f"the id {job_id!r} is already used by a job with other content "
+                "(ids are unique in the requests prefix)"
+            )
+            log.error("manifest_rejected", code=conflict.code, error=conflict.message)
+            return _rejected(
+                store,
+                settings,
+                job_id,
+                manifest.target,
+                conflict,
+                manifest_key=manifest_key,
+                log=log,
+            )
     info = JobInfo(job_id, manifest.target, output, manifest_key, datetime.now(UTC))
     progress = Progress(files_total=len(manifest.files))
     markers = MarkerWriter(store, info, progress, log=log)
@@ -127,3 +148,44 @@ def run_job(
         seconds=round(time.monotonic() - started, 3),
     )
     return Outcome(job_id, state, manifest.target, error, result)
+
+
+def _rejected(
+    store: Store,
+    settings: Settings,
+    job_id: str,
+    target: str | None,
+    error: JobError,
+    *,
+    manifest_key: str | None,
+    log: Any,
+) -> Outcome:
+    """A manifest that will never run leaves a trace (CONTRACT §7.6): a failed result marker at
+    its target when one can be read, else — for a manifest of the requests prefix —
+    ``failed/<name>.error.json``."""
+    result = None
+    if target is not None:
+        info = JobInfo(job_id, target, settings.buckets.output, manifest_key, datetime.now(UTC))
+        result = MarkerWriter(store, info, Progress(), log=log).finished(error)
+    elif manifest_key is not None:
+        intake.write_error_report(store, settings, manifest_key, job_id, error, attempts=1)
+    return Outcome(job_id, "failed", target, error, result)
+
+
+def reject_oversized(
+    store: Store, settings: Settings, manifest_key: str, error: JobError, *, log: Any = None
+) -> Outcome:
+    """A manifest over the size limit is never read whole: its first :data:`HEAD_BYTES` are
+    enough to find its target and id when they come first (CONTRACT §7.6)."""
+    log = log or structlog.get_logger("watcher.job")
+    head = b""
+    with store.open_object(settings.watch_bucket, manifest_key) as reader:
+        for chunk in reader.iter_chunks(HEAD_BYTES):
+            head = chunk
+            break
+    prefix = settings.watch.prefix
+    job_id = guess_id(head) or job_id_for(None, manifest_key)
+    target = guess_target(head, requests_prefix=prefix)
+    log = log.bind(job_id=job_id)
+    log.error("manifest_rejected", code=error.code, error=error.message, target=target)
+    return _rejected(store, settings, job_id, target, error, manifest_key=manifest_key, log=log)

@@ -388,7 +388,12 @@ def test_arbitrary_json_is_either_accepted_or_rejected_cleanly(value):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(min_size=0, max_size=60))
+@given(
+    st.text(min_size=0, max_size=60)
+    | st.lists(st.sampled_from(["a", ".", "", "..", "b\u202e", "\u2067", "c/"]), max_size=5).map(
+        "/".join
+    )
+)
 def test_accepted_names_are_always_safe(name):
     document = {"files": [{"key": "k", "name": name}], "target": "t.zip"}
     try:
@@ -398,6 +403,8 @@ def test_accepted_names_are_always_safe(name):
     accepted = manifest.files[0].name
     assert accepted and not accepted.startswith("/")
     assert ".." not in accepted.split("/") and "\\" not in accepted and "\x00" not in accepted
+    assert not {".", ""} & set(accepted.split("/")), accepted
+    assert not any(0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 for c in accepted)
 
 
 def test_a_target_that_leaves_exactly_room_for_its_markers_is_accepted():

@@ -1,0 +1,122 @@
+"""Every rejection is visible, ids are idempotency keys, targets are safe keys (CONTRACT §7.6-§7.8),
+with the daemon as a subprocess against moto's S3 server over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import put_objects, verify_zip
+from daemonproc import list_keys, read_json, wait_until, write_config
+
+PREFIX = "zip-requests/"
+
+
+def drop(s3, bucket: str, name: str, manifest: dict | bytes) -> str:
+    key = f"{PREFIX}{name}.json"
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return key
+
+
+def result_of(s3, bucket: str, target: str) -> dict | None:
+    return read_json(s3, bucket, f"{target}.result.json")
+
+
+def check_zip(s3, bucket: str, target: str, expected: dict[str, bytes], tmp_path) -> None:
+    path = tmp_path / target.replace("/", "_")
+    s3.download_file(bucket, target, str(path))
+    verify_zip(path, expected)
+
+
+def test_every_rejected_manifest_leaves_a_failed_marker_or_an_error_report(
+    s3, bucket, tmp_path, daemons
+):
+    put_objects(s3, bucket, {"a.txt": b"alpha"})
+    good = {"files": ["a.txt"], "target": "out/good.zip", "id": "good-1"}
+    drop(s3, bucket, "good", good)
+    daemon = daemons(write_config(tmp_path / "c.yaml"))
+    wait_until(lambda: result_of(s3, bucket, "out/good.zip"), 60, "the good job's result")
+    good_result = result_of(s3, bucket, "out/good.zip")
+    assert good_result["state"] == "succeeded"
+
+    with_target = {
+        "dupkeys": b'{"files": ["a.txt"], "files": ["a.txt"], "target": "out/dupkeys.zip"}',
+        "bom": b'\xef\xbb\xbf{"files": ["a.txt"], "target": "out/bom.zip"}',
+        "deep": b'{"files": ' + b"[" * 200 + b"]" * 200 + b', "target": "out/deep.zip"}',
+        # Over 16 MiB: only its first bytes are read, and they name the target.
+        "big": b'{"target": "out/big.zip", "files": ["' + b"k" * (16 * 1024 * 1024) + b'"]}',
+    }
+    without_target = {
+        "garbage": b"{not json",
+        "two-targets": b'{"files": ["a.txt"], "target": "out/x.zip", "target": "out/y.zip"}',
+        "marker-target": json.dumps({"files": ["a.txt"], "target": "out/good.zip.result.json"}),
+        "long-target": json.dumps({"files": ["a.txt"], "target": "t" * 1013}),
+    }
+    for name, raw in {**with_target, **without_target}.items():
+        drop(s3, bucket, name, raw if isinstance(raw, bytes) else raw.encode())
+
+    wait_until(
+        lambda: (
+            {f"{PREFIX}failed/{n}.json" for n in {**with_target, **without_target}}
+            <= set(list_keys(s3, bucket, PREFIX + "failed/"))
+        ),
+        90,
+        "every rejected manifest under failed/",
+    )
+    for name in with_target:
+        result = result_of(s3, bucket, f"out/{name}.zip")
+        assert result is not None, f"{name}: no result marker"
+        assert result["state"] == "failed" and result["error"]["code"] == "invalid_manifest", name
+        assert result["manifest"] == f"{PREFIX}{name}.json"
+        assert f"out/{name}.zip" not in list_keys(s3, bucket, "out/"), f"{name}: a ZIP was written"
+        assert read_json(s3, bucket, f"{PREFIX}failed/{name}.error.json") is None
+    for name in without_target:
+        report = read_json(s3, bucket, f"{PREFIX}failed/{name}.error.json")
+        assert report is not None, f"{name}: no error report"
+        assert set(report) == {"job_id", "code", "message", "attempts"}, report
+        assert report["code"] == "invalid_manifest" and report["message"], report
+        assert report["attempts"] >= 1
+    # The target that was a marker key left the good job's marker and ZIP as they were.
+    assert result_of(s3, bucket, "out/good.zip") == good_result
+    check_zip(s3, bucket, "out/good.zip", {"a.txt": b"alpha"}, tmp_path)
+    assert not [k for k in list_keys(s3, bucket, "out/") if k.startswith("out/x") or "y.zip" in k]
+    assert daemon.proc.poll() is None
+
+
+def test_a_job_id_names_one_content_the_same_again_is_not_run_and_other_content_fails(
+    s3, bucket, tmp_path, daemons
+):
+    put_objects(s3, bucket, {"a.txt": b"alpha", "b.txt": b"beta"})
+    first = {"files": ["a.txt"], "target": "out/a.zip", "id": "shared-1"}
+    drop(s3, bucket, "first", first)
+    daemon = daemons(write_config(tmp_path / "c.yaml"))
+    wait_until(lambda: result_of(s3, bucket, "out/a.zip"), 60, "the first job's result")
+    first_result = result_of(s3, bucket, "out/a.zip")
+    assert first_result["state"] == "succeeded" and first_result["job_id"] == "shared-1"
+
+    # The same id and content under another name (keys in another order): the same job.
+    drop(s3, bucket, "again", {"id": "shared-1", "target": "out/a.zip", "files": ["a.txt"]})
+    # The same id, other content: refused, with a failed marker at its own target.
+    drop(s3, bucket, "other", {"files": ["b.txt"], "target": "out/b.zip", "id": "shared-1"})
+    wait_until(
+        lambda: (
+            {f"{PREFIX}done/again.json", f"{PREFIX}failed/other.json"}
+            <= set(list_keys(s3, bucket, PREFIX))
+        ),
+        60,
+        "both manifests filed",
+    )
+    other = result_of(s3, bucket, "out/b.zip")
+    assert other["state"] == "failed" and other["error"]["code"] == "id_conflict", other
+    assert other["job_id"] == "shared-1" and other["manifest"] == f"{PREFIX}other.json"
+    assert "out/b.zip" not in list_keys(s3, bucket, "out/")
+    assert result_of(s3, bucket, "out/a.zip") == first_result, "the first job ran again"
+    check_zip(s3, bucket, "out/a.zip", {"a.txt": b"alpha"}, tmp_path)
+    index = read_json(s3, bucket, f"{PREFIX}.jobs/shared-1.json")
+    assert index["target"] == "out/a.zip"
+    started = [e for e in daemon.events() if e.get("event") == "job_started"]
+    assert [e["manifest"] for e in started] == [f"{PREFIX}first.json"], started
+    time.sleep(0.5)
+    assert daemon.proc.poll() is None
+
