@@ -12,7 +12,8 @@ that fires wins:
 Kinds: ``status`` (answer ``status`` with an S3 error body instead of forwarding), ``cut``
 (forward, then close the connection after ``after_bytes`` of the response body), ``stall``
 (forward, then sleep ``seconds`` before the body), ``truncate`` (announce the full length, send
-``after_bytes``, then close). ``counts`` tallies requests by method and query shape.
+``after_bytes``, then close), ``hang`` (answer nothing for ``seconds``, then close: a store that
+accepts connections and never answers). ``counts`` tallies requests by method and query shape.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from http.server import BaseHTTPRequestHandler
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "cut" | "stall" | "truncate"
+    kind: str  # "status" | "cut" | "stall" | "truncate" | "hang"
     method: str | None = None
     path: str | None = None  # substring of the path (query included)
     nth: int = 1
@@ -117,6 +118,10 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items()}
                 fault = proxy._pick(self.command, self.path, headers)
+                if fault is not None and fault.kind == "hang":
+                    time.sleep(fault.seconds)
+                    self.close_connection = True
+                    return
                 if fault is not None and fault.kind == "status":
                     payload = (
                         f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"

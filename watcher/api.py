@@ -1,24 +1,32 @@
-"""The embedded HTTP trigger (CONTRACT §5): a plain WSGI app served by waitress in a thread.
+"""The embedded HTTP API (CONTRACT §5, §9): a plain WSGI app served by waitress in a thread.
 
 The app knows nothing of stores or schedulers: it calls an :class:`ApiBackend` (the daemon's is
 ``service.DaemonBackend``). Tokens and signatures are compared in constant time and never logged;
 request bodies are refused by their announced length before a byte of them is read.
+
+Shape: one table of routes (:data:`ROUTES`: path pattern, who may call it, a handler per
+method); handlers take a :class:`Request` and return a :class:`Response` or raise; every error —
+:class:`ApiError` for the protocol's own (401, 405, 413, 415), the backend's
+:class:`~watcher.errors.WatcherError` codes otherwise — becomes its JSON answer in one place,
+:func:`error_response`. The 405 answers and their ``Allow`` headers come from the table.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import hmac
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import structlog
 
-from watcher.errors import JobError, StorageError
+from watcher.errors import JobError, WatcherError
 from watcher.intake import is_manifest_key
 
 MAX_BODY = 16 * 1024 * 1024
@@ -29,11 +37,14 @@ _STATUS = {
     202: "202 Accepted",
     400: "400 Bad Request",
     401: "401 Unauthorized",
+    302: "302 Found",
     404: "404 Not Found",
     405: "405 Method Not Allowed",
+    409: "409 Conflict",
     411: "411 Length Required",
     413: "413 Payload Too Large",
     415: "415 Unsupported Media Type",
+    500: "500 Internal Server Error",
     503: "503 Service Unavailable",
 }
 
@@ -49,6 +60,13 @@ class ApiBackend(Protocol):
     def ready(self) -> bool: ...
 
     def wake(self, keys: list[str]) -> None: ...
+
+    # CONTRACT §9; each raises a WatcherError whose code picks the answer (see STATUS_BY_CODE)
+    def list_jobs(self, *, state: str | None, limit: str | None, cursor: str | None) -> dict: ...
+
+    def retry(self, job_id: str) -> dict: ...
+
+    def download_url(self, job_id: str) -> str: ...
 
 
 class _Seen:
@@ -145,6 +163,141 @@ def manifest_keys(events: list[dict], prefix: str, bucket: str | None = None) ->
     return keys
 
 
+class ApiError(Exception):
+    """An answer of the HTTP protocol itself (401, 405, 411, 413, 415, 400 on a bad request)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = tuple(headers)
+
+
+# The backend's error codes as HTTP statuses; any other JobError is the client's fault (400),
+# any other WatcherError ours (500).
+STATUS_BY_CODE = {
+    "not_found": 404,
+    "conflict": 409,
+    "id_conflict": 409,
+    "bad_request": 400,
+    "storage_error": 503,
+    "access_denied": 503,
+}
+
+
+def error_response(exc: Exception) -> Response:
+    """The one place an error becomes an answer: ``{"error": {"code", "message"}}``."""
+    if isinstance(exc, ApiError):
+        return Response.error(exc.status, exc.code, exc.message, exc.headers)
+    if isinstance(exc, WatcherError):
+        status = STATUS_BY_CODE.get(exc.code, 400 if isinstance(exc, JobError) else 500)
+        return Response.error(status, exc.code, exc.message)
+    raise exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def json(cls, status: int, document: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        body = json.dumps(document, ensure_ascii=False).encode()
+        return cls(status, body, "application/json", tuple(headers))
+
+    @classmethod
+    def error(
+        cls, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> Response:
+        return cls.json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    environ: dict
+    method: str
+    path: str
+    params: dict[str, str]  # from the route's {placeholders}
+
+    def header(self, name: str) -> str | None:
+        return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+    def _query(self) -> dict[str, list[str]]:
+        return urllib.parse.parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
+
+    def query(self, name: str) -> str | None:
+        found = self._query().get(name)
+        return found[-1] if found else None
+
+    def query_names(self) -> list[str]:
+        return list(self._query())
+
+    def body(self, limit: int) -> bytes:
+        """The body, refused on its announced length before any of it is read."""
+        length = self.environ.get("CONTENT_LENGTH") or ""
+        if not length.strip():
+            if self.environ.get("HTTP_TRANSFER_ENCODING", "").lower() != "chunked":
+                return b""
+            data = self.environ["wsgi.input"].read(limit + 1)
+            if len(data) > limit:
+                raise ApiError(413, "too_large", f"the body is larger than {limit} bytes")
+            return data
+        try:
+            size = int(length)
+        except ValueError:
+            raise ApiError(400, "bad_request", "unreadable Content-Length") from None
+        if size > limit:
+            raise ApiError(413, "too_large", f"the body is larger than {limit} bytes")
+        return self.environ["wsgi.input"].read(size)
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    pattern: str  # "/jobs/{job_id}/retry": a {name} matches one non-empty path segment
+    auth: str  # "none" | "bearer" | "b2" (the webhook checks its own signature)
+    methods: dict[str, Handler]
+
+    def match(self, path: str) -> dict[str, str] | None:
+        want = self.pattern.split("/")
+        got = path.split("/")
+        if len(want) != len(got):
+            return None
+        params = {}
+        for pattern, segment in zip(want, got, strict=True):
+            if pattern.startswith("{") and pattern.endswith("}"):
+                if not segment:
+                    return None
+                params[pattern[1:-1]] = segment
+            elif pattern != segment:
+                return None
+        return params
+
+
+def find_route(routes: list[Route], path: str) -> tuple[Route, dict[str, str]] | None:
+    """The first route whose pattern matches ``path`` (pure)."""
+    for route in routes:
+        params = route.match(path)
+        if params is not None:
+            return route, params
+    return None
+
+
+UNAUTHORIZED = ApiError(
+    401,
+    "unauthorized",
+    "a valid bearer token is required",
+    [("WWW-Authenticate", 'Bearer realm="b2-zip-watcher"')],
+)
+
+
 def make_app(
     *,
     shared_secret: str | None,
@@ -157,150 +310,155 @@ def make_app(
     log = log or structlog.get_logger("watcher.api")
     seen = _Seen()
 
-    def respond(start: Callable, status: int, document: Any, headers: Iterable = ()) -> list:
-        body = json.dumps(document, ensure_ascii=False).encode()
-        start(
-            _STATUS[status],
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers],
+    def healthz(request: Request) -> Response:
+        return Response.json(200, {"status": "ok"})
+
+    def readyz(request: Request) -> Response:
+        ready = backend.ready()
+        return Response.json(200 if ready else 503, {"ready": ready})
+
+    def post_job(request: Request) -> Response:
+        content_type = request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+        submitted = backend.submit(request.body(max_body))
+        location = f"/jobs/{submitted.job_id}"
+        status = 200 if getattr(submitted, "existing", False) else 202
+        return Response.json(
+            status,
+            {"job_id": submitted.job_id, "target": submitted.target, "status_url": location},
+            [("Location", location)],
         )
-        return [body]
 
-    def error(
-        start: Callable, status: int, code: str, message: str, headers: Iterable = ()
-    ) -> list:
-        return respond(start, status, {"error": {"code": code, "message": message}}, headers)
+    def get_job(request: Request) -> Response:
+        status = backend.job_status(request.params["job_id"])
+        if status is None:
+            raise ApiError(404, "not_found", "no such job")
+        return Response.json(200, status)
 
-    def read_body(environ: dict, limit: int) -> bytes | int:
-        """The body, or the status code refusing it (decided on Content-Length, before reading)."""
-        length = environ.get("CONTENT_LENGTH") or ""
-        if not length.strip():
-            if environ.get("HTTP_TRANSFER_ENCODING", "").lower() != "chunked":
-                return b""
-            data = environ["wsgi.input"].read(limit + 1)
-            return 413 if len(data) > limit else data
-        try:
-            size = int(length)
-        except ValueError:
-            return 400
-        if size > limit:
-            return 413
-        return environ["wsgi.input"].read(size)
+    def list_jobs(request: Request) -> Response:
+        unknown = set(request.query_names()) - {"state", "limit", "next"}
+        if unknown:
+            raise ApiError(400, "bad_request", "unknown query parameter; use state, limit, next")
+        page = backend.list_jobs(
+            state=request.query("state"), limit=request.query("limit"), cursor=request.query("next")
+        )
+        return Response.json(200, page)
+
+    def retry_job(request: Request) -> Response:
+        job_id = request.params["job_id"]
+        retried = backend.retry(job_id)
+        location = f"/jobs/{job_id}"
+        return Response.json(
+            202,
+            {"job_id": job_id, "target": retried["target"], "status_url": location},
+            [("Location", location)],
+        )
+
+    def download(request: Request) -> Response:
+        url = backend.download_url(request.params["job_id"])
+        return Response.json(
+            302, {"status": "found"}, [("Location", url), ("Cache-Control", "no-store")]
+        )
+
+    def get_metrics(request: Request) -> Response:
+        if metrics is None:
+            raise ApiError(404, "not_found", "no metrics in this process")
+        body, content_type = metrics.render()
+        return Response(200, body, content_type)
+
+    def b2_events(request: Request) -> Response:
+        body = request.body(MAX_EVENT_BODY)
+        if not signature_ok(
+            request.header("X-Bz-Event-Notification-Signature"), body, b2_event_secret or ""
+        ):
+            raise ApiError(401, "unauthorized", "bad or missing event signature")
+        events = parse_events(body)
+        if isinstance(events, str):
+            raise ApiError(400, "bad_request", events)
+        fresh = [e for e in events if not e.get("eventId") or seen.first_time(e["eventId"])]
+        keys = manifest_keys(fresh, backend.requests_prefix, backend.watch_bucket)
+        if keys:
+            backend.wake(keys)
+        return Response.json(200, {"accepted": len(keys), "ignored": len(events) - len(keys)})
+
+    routes = [
+        Route("/healthz", "none", {"GET": healthz}),
+        Route("/readyz", "none", {"GET": readyz}),
+        Route("/", "bearer", {"POST": post_job}),
+        Route("/jobs", "bearer", {"POST": post_job, "GET": list_jobs}),
+        Route("/jobs/{job_id}", "bearer", {"GET": get_job}),
+        Route("/jobs/{job_id}/retry", "bearer", {"POST": retry_job}),
+        Route("/jobs/{job_id}/download", "bearer", {"GET": download}),
+        Route("/metrics", "bearer", {"GET": get_metrics}),
+    ]
+    if b2_event_secret:
+        routes.append(Route("/b2-events", "b2", {"POST": b2_events}))
 
     def authorized(environ: dict) -> bool:
         return shared_secret is not None and bearer_ok(
             environ.get("HTTP_AUTHORIZATION"), shared_secret
         )
 
-    def post_job(environ: dict, start: Callable) -> list:
-        content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            return error(
-                start, 415, "unsupported_media_type", "send Content-Type: application/json"
-            )
-        body = read_body(environ, max_body)
-        if body == 413:
-            return error(start, 413, "too_large", f"the manifest is larger than {max_body} bytes")
-        if isinstance(body, int):
-            return error(start, body, "bad_request", "unreadable Content-Length")
-        try:
-            submitted = backend.submit(body)
-        except StorageError as exc:
-            return error(start, 503, exc.code, exc.message)
-        except JobError as exc:
-            return error(start, 400, exc.code, exc.message)
-        location = f"/jobs/{submitted.job_id}"
-        return respond(
-            start,
-            202,
-            {"job_id": submitted.job_id, "target": submitted.target, "status_url": location},
-            [("Location", location)],
-        )
-
-    def b2_events(environ: dict, start: Callable) -> list:
-        body = read_body(environ, MAX_EVENT_BODY)
-        if isinstance(body, int):
-            return error(start, 413 if body == 413 else 400, "bad_request", "body refused")
-        if not signature_ok(environ.get(SIGNATURE_HEADER), body, b2_event_secret or ""):
-            return error(start, 401, "unauthorized", "bad or missing event signature")
-        events = parse_events(body)
-        if isinstance(events, str):
-            return error(start, 400, "bad_request", events)
-        fresh = [e for e in events if not e.get("eventId") or seen.first_time(e["eventId"])]
-        keys = manifest_keys(fresh, backend.requests_prefix, backend.watch_bucket)
-        if keys:
-            backend.wake(keys)
-        return respond(start, 200, {"accepted": len(keys), "ignored": len(events) - len(keys)})
-
-    def route(environ: dict, start: Callable) -> list:
+    def dispatch(environ: dict) -> Response:
+        """Route, then authenticate, then check the method (so a wrong method leaks nothing)."""
         method = environ["REQUEST_METHOD"]
         path = request_path(environ)
-        if path == "/healthz":
-            return (
-                respond(start, 200, {"status": "ok"})
-                if method == "GET"
-                else error(start, 405, "method_not_allowed", "use GET", [("Allow", "GET")])
-            )
-        if path == "/readyz":
-            if method != "GET":
-                return error(start, 405, "method_not_allowed", "use GET", [("Allow", "GET")])
-            ready = backend.ready()
-            return respond(start, 200 if ready else 503, {"ready": ready})
-        if path == "/b2-events" and b2_event_secret:
-            if method != "POST":
-                return error(start, 405, "method_not_allowed", "use POST", [("Allow", "POST")])
-            return b2_events(environ, start)
-        known = path in ("/", "/jobs", "/metrics") or path.startswith("/jobs/")
-        if not known:
-            return error(start, 404, "not_found", "no such route")
-        if not authorized(environ):
-            return error(
-                start,
-                401,
-                "unauthorized",
-                "a valid bearer token is required",
-                [("WWW-Authenticate", 'Bearer realm="b2-zip-watcher"')],
-            )
-        if path in ("/", "/jobs"):
-            if method != "POST":
-                return error(start, 405, "method_not_allowed", "use POST", [("Allow", "POST")])
-            return post_job(environ, start)
-        if path == "/metrics":
-            if method != "GET" or metrics is None:
-                return error(start, 405, "method_not_allowed", "use GET", [("Allow", "GET")])
-            body, content_type = metrics.render()
-            start("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
-            return [body]
-        if method != "GET":
-            return error(start, 405, "method_not_allowed", "use GET", [("Allow", "GET")])
-        job_id = path[len("/jobs/") :]
-        try:
-            status = backend.job_status(job_id)
-        except StorageError as exc:
-            return error(start, 503, exc.code, exc.message)
-        if status is None:
-            return error(start, 404, "not_found", "no such job")
-        return respond(start, 200, status)
+        found = find_route(routes, path)
+        if found is None:
+            raise ApiError(404, "not_found", "no such route")
+        route, params = found
+        if route.auth == "bearer" and not authorized(environ):
+            raise UNAUTHORIZED
+        handler = route.methods.get(method)
+        if handler is None:
+            allowed = ", ".join(route.methods)
+            raise ApiError(405, "method_not_allowed", f"use {allowed}", [("Allow", allowed)])
+        return handler(Request(environ, method, path, params))
 
     def app(environ: dict, start_response: Callable) -> list:
         started = time.monotonic()
-        seen_status: list[str] = []
-
-        def start(status: str, headers: list, exc_info: Any = None) -> Any:
-            seen_status.append(status)
-            return start_response(status, headers, exc_info)
-
         try:
-            return route(environ, start)
-        finally:
-            log.info(
-                "http_request",
-                method=environ.get("REQUEST_METHOD"),
-                path=request_path(environ)[:200],
-                status=int(seen_status[0].split()[0]) if seen_status else None,
-                ms=round((time.monotonic() - started) * 1000, 1),
-            )
+            response = dispatch(environ)
+        except (ApiError, WatcherError) as exc:
+            response = error_response(exc)
+        except Exception:
+            log.exception("http_handler_crashed")
+            response = Response.error(500, "internal_error", "see the daemon's log")
+        start_response(
+            _STATUS[response.status],
+            [
+                ("Content-Type", response.content_type),
+                ("Content-Length", str(len(response.body))),
+                *response.headers,
+            ],
+        )
+        log.info(
+            "http_request",
+            method=environ.get("REQUEST_METHOD"),
+            path=request_path(environ)[:200],
+            status=response.status,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return [response.body]
 
     return app
+
+
+# waitress reads each connection asynchronously and hands only complete requests to its worker
+# threads, so slow or idle connections cost a file descriptor, not a thread. What made /healthz
+# time out behind 100-300 slow-header connections was waitress's default connection_limit (100):
+# past it, waitress stops accepting. We allow CONNECTION_LIMIT (the soft descriptor limit is
+# raised towards the hard one to afford it, see _connection_limit) and close connections idle for
+# CHANNEL_TIMEOUT seconds.
+# What waitress does NOT allow: looking at the headers (the Bearer token) before the body is read.
+# It buffers every body up to max_request_body_size (in memory up to inbuf_overflow, then in a
+# temporary file) before the app is called, and answers "Expect: 100-continue" by itself. So an
+# unauthenticated 16 MiB body is refused only after it was received; the buffering is bounded by
+# max_request_body_size (the manifest limit + 1 KiB) per connection, and a body that trickles in
+# is dropped once it stalls for CHANNEL_TIMEOUT.
+CONNECTION_LIMIT = 1000
+CHANNEL_TIMEOUT = 20
 
 
 class HttpServer:
@@ -314,7 +472,9 @@ class HttpServer:
             host=host,
             port=port,
             threads=threads,
-            channel_timeout=30,
+            connection_limit=_connection_limit(),
+            channel_timeout=CHANNEL_TIMEOUT,
+            backlog=1024,
             max_request_body_size=MAX_BODY + 1024,
             clear_untrusted_proxy_headers=True,
             ident="b2-zip-watcher",
@@ -334,3 +494,22 @@ class HttpServer:
         self._server.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _connection_limit() -> int:
+    """CONNECTION_LIMIT, or less when the descriptor limit (raised towards the hard limit
+    first) cannot hold it with 200 to spare for the S3 connection pool and the rest."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = CONNECTION_LIMIT + 1024
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    except (ImportError, OSError, ValueError):
+        return 100
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTION_LIMIT
+    return max(100, min(CONNECTION_LIMIT, soft - 200))

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="follow progress until the result")
     status = add("status", "print a target's status / result marker")
     status.add_argument("target", metavar="TARGET")
+    status.add_argument(
+        "--url", action="store_true", help="print a fresh download link of the ZIP instead"
+    )
+    jobs = add("jobs", "list recent jobs, newest first")
+    jobs.add_argument("--state", choices=("pending", "running", "succeeded", "failed"))
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many (1-500)")
+    retry = add("retry", "re-queue a failed job under the same id")
+    retry.add_argument("job_id", metavar="JOB_ID")
     add("check", "validate the configuration and reach the buckets")
     demo = add("demo", "one-shot demo on the embedded local S3 server")
     demo.add_argument("--timeout", type=float, default=60.0, help=argparse.SUPPRESS)
@@ -96,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WatcherError as exc:
         print(f"b2-zip-watcher: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_JOB_FAILED
+        # an unknown job, or one in the wrong state for what was asked, is a usage error
+        usage = exc.code in ("not_found", "conflict", "bad_request")
+        return EXIT_USAGE if usage else EXIT_JOB_FAILED
     except KeyboardInterrupt:
         return 130
 
@@ -168,14 +178,38 @@ def _start_local(settings):
     return local, settings
 
 
-def _local_instructions(local) -> str:
-    env = " ".join(f"{k}={v}" for k, v in local.environ().items())
-    return (
-        f"Embedded S3 server at {local.endpoint_url}, bucket '{local.bucket}' (samples inside).\n"
-        "Submit a job from another shell with:\n"
-        f"  {env} .venv/bin/b2-zip-watcher submit examples/sample-manifest.json --wait\n"
-        "Stop with Ctrl-C."
+def _with_local_http(settings):
+    """The embedded server's daemon serves the HTTP API too, with a generated secret unless one
+    is configured, so ``make run`` can show a working curl line."""
+    import dataclasses
+    import secrets
+
+    from watcher.config import Secret
+
+    if settings.http.shared_secret is not None:
+        return dataclasses.replace(settings, http=dataclasses.replace(settings.http, enabled=True))
+    secret = Secret(secrets.token_urlsafe(18))
+    return dataclasses.replace(
+        settings, http=dataclasses.replace(settings.http, enabled=True, shared_secret=secret)
     )
+
+
+def _local_instructions(local, settings, http_port: int | None) -> str:
+    env = " ".join(f"{k}={v}" for k, v in local.environ().items())
+    lines = [
+        f"Embedded S3 server at {local.endpoint_url}, bucket '{local.bucket}' (samples inside).",
+        "Submit a job from another shell with:",
+        f"  {env} .venv/bin/b2-zip-watcher submit examples/sample-manifest.json --wait",
+    ]
+    if http_port is not None and settings.http.shared_secret is not None:
+        lines += [
+            "or over HTTP:",
+            f"  curl -sS -X POST -H 'Authorization: Bearer {settings.http.shared_secret.reveal()}'"
+            f" -H 'Content-Type: application/json' --data @examples/sample-manifest.json"
+            f" http://127.0.0.1:{http_port}/jobs",
+        ]
+    lines.append("Stop with Ctrl-C.")
+    return "\n".join(lines)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -187,10 +221,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from watcher.daemon import Daemon
     from watcher.logs import configure_logging
+    from watcher.wakeup import Listener
 
     if args.local or _nothing_configured(settings):
         local, settings = _start_local(settings)
-        print(_local_instructions(local), file=sys.stderr, flush=True)
+        settings = _with_local_http(settings)
     log = configure_logging(settings.logging, secrets=_secret_values(settings))
     try:
         try:
@@ -201,6 +236,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics = _metrics(store)
         daemon = Daemon(settings, store, claimer, metrics=metrics, log=log)
         http = _start_http(settings, store, daemon, metrics, log=log)
+        wakeup = Listener(settings, daemon.wake)
+        if wakeup.start():
+            log.info("wakeup_listening")
+        if local is not None:
+            port = http.port if http is not None else None
+            print(_local_instructions(local, settings, port), file=sys.stderr, flush=True)
 
         def on_signal(signum: int, _frame: object) -> None:
             daemon.request_stop()
@@ -210,6 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             return daemon.run()
         finally:
+            wakeup.stop()
             if http is not None:
                 http.stop()
     finally:
@@ -259,8 +301,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     require_usable(settings, ("watch.bucket", "buckets.output"))
     log = configure_logging(settings.logging, secrets=_secret_values(settings))
     store = _services_store_only(settings, log)
+    from watcher import wakeup
+
     submitted = submit_manifest(store, settings, raw)
-    log.debug("submitted", job_id=submitted.job_id)
+    woke = wakeup.notify(settings, submitted.manifest_key)
+    log.debug("submitted", job_id=submitted.job_id, woke_local_daemon=woke)
     print(
         f"submitted job {submitted.job_id}: s3://{settings.watch_bucket}/"
         f"{submitted.manifest_key} -> s3://{settings.buckets.output}/{submitted.target}"
@@ -296,7 +341,8 @@ def _follow(store, settings, target: str, job_id: str, *, timeout: float | None 
 
     bucket = settings.buckets.output
     tty = sys.stdout.isatty()
-    deadline = None if timeout is None else time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = None if timeout is None else began + timeout
     last_line = ""
     while deadline is None or time.monotonic() < deadline:
         raw = store.get_bytes(bucket, result_key(target), max_bytes=1 << 30)
@@ -309,11 +355,14 @@ def _follow(store, settings, target: str, job_id: str, *, timeout: float | None 
         status = json.loads(raw) if raw else None
         if status is not None and status.get("job_id") == job_id:
             line = _progress_line(status)
-            if tty:
-                print("\r" + line.ljust(len(last_line)), end="", flush=True)
-            elif line != last_line:
-                print(line, flush=True)
-            last_line = line
+        else:
+            waited = f" ({time.monotonic() - began:.0f} s)" if tty else ""
+            line = f"queued: waiting for a daemon to start job {job_id}{waited}"
+        if tty:
+            print("\r" + line.ljust(len(last_line)), end="", flush=True)
+        elif line != last_line:
+            print(line, flush=True)
+        last_line = line
         time.sleep(1.0)
     print(f"b2-zip-watcher: gave up waiting for job {job_id}", file=sys.stderr)
     return EXIT_JOB_FAILED
@@ -353,6 +402,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     require_usable(settings, ("buckets.output",))
     store = _services_store_only(settings)
     bucket = settings.buckets.output
+    if args.url:
+        return _print_url(store, settings, args.target)
     for key in (result_key(args.target), status_key(args.target)):
         raw = store.get_bytes(bucket, key, max_bytes=1 << 30)
         if raw is not None:
@@ -365,6 +416,52 @@ def _cmd_status(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_JOB_FAILED
+
+
+def _print_url(store, settings, target: str) -> int:
+    """A fresh presigned link to the ZIP at ``target`` (exit 1 when its job did not succeed)."""
+    import json
+
+    from watcher.jobs import presign
+    from watcher.markers import result_key
+
+    if settings.links.expires_seconds == 0:
+        raise ConfigError("links.expires_seconds", "is 0: download links are turned off")
+    raw = store.get_bytes(settings.buckets.output, result_key(target), max_bytes=1 << 30)
+    result = json.loads(raw) if raw else None
+    if not isinstance(result, dict) or result.get("state") != "succeeded":
+        state = result.get("state") if isinstance(result, dict) else "not finished"
+        print(f"b2-zip-watcher: no ZIP to link at {target} (job {state})", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    print(presign(store, settings.buckets.output, target, settings.links.expires_seconds).url)
+    return EXIT_OK
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from watcher.jobs import list_jobs, parse_limit
+
+    settings = _settings(args)
+    require_usable(settings, ("watch.bucket", "buckets.output"))
+    store = _services_store_only(settings)
+    page = list_jobs(store, settings, state=args.state, limit=parse_limit(str(args.limit)))
+    for job in page["jobs"]:
+        error = job.get("error") or {}
+        print(
+            f"{job['indexed_at']}  {job['state']:<9}  {job['job_id']}  {job['target']}"
+            + (f"  {error.get('code')}: {error.get('message')}" if error else "")
+        )
+    return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from watcher.jobs import retry_job
+
+    settings = _settings(args)
+    require_usable(settings, ("watch.bucket", "buckets.output"))
+    store = _services_store_only(settings)
+    retried = retry_job(store, settings, args.job_id)
+    print(f"re-queued job {args.job_id}: s3://{settings.watch_bucket}/{retried['manifest']}")
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -476,5 +573,7 @@ _HANDLERS = {
     "submit": _cmd_submit,
     "status": _cmd_status,
     "check": _cmd_check,
+    "jobs": _cmd_jobs,
+    "retry": _cmd_retry,
     "demo": _cmd_demo,
 }

@@ -98,6 +98,18 @@ class LoggingSettings:
     format: str = "auto"
 
 
+# -- user (issue 13): links ------------------------------------------------------------------
+MAX_LINK_SECONDS = 604_800  # SigV4 presigned URLs live at most 7 days
+
+
+@dataclass(frozen=True)
+class LinksSettings:
+    expires_seconds: int = 86_400  # 0: no download links
+
+
+# -- end user (issue 13) ----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Settings:
     s3: S3Settings = S3Settings()
@@ -107,6 +119,7 @@ class Settings:
     zip: ZipSettings = ZipSettings()
     pipeline: PipelineSettings = PipelineSettings()
     logging: LoggingSettings = LoggingSettings()
+    links: LinksSettings = LinksSettings()
     shutdown_grace_seconds: float = 30.0
 
     @property
@@ -219,6 +232,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "level": Key(str, _level_name, ("LOGLEVEL",)),
         "format": Key(str, _one_of("auto", "json", "console")),
     },
+    "links": {
+        "expires_seconds": Key(
+            int,
+            lambda v: (
+                None
+                if 0 <= v <= MAX_LINK_SECONDS
+                else f"must be 0 (off) to {MAX_LINK_SECONDS} (7 days)"
+            ),
+            ("LINK_EXPIRES_SECONDS",),
+        ),
+    },
 }
 TOP_LEVEL = {"shutdown_grace_seconds": Key((int, float), _at_least(0))}
 _SECTIONS = {
@@ -229,6 +253,7 @@ _SECTIONS = {
     "zip": ZipSettings,
     "pipeline": PipelineSettings,
     "logging": LoggingSettings,
+    "links": LinksSettings,
 }
 
 

@@ -6,14 +6,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from typing import TYPE_CHECKING
 
-from watcher import intake
-from watcher.errors import WatcherError
-from watcher.markers import status_key
+from watcher import intake, jobs
+from watcher.readiness import Readiness
 
 if TYPE_CHECKING:
     from watcher.config import Settings
@@ -32,9 +28,8 @@ class DaemonBackend:
         self.daemon = daemon
         self.requests_prefix = settings.watch.prefix
         self.watch_bucket = settings.watch_bucket
-        self._ready_lock = threading.Lock()
-        self._ready_at = 0.0
-        self._ready = False
+        self._probe_client = None
+        self._readiness = Readiness(self._probe_buckets, interval=READY_CACHE_SECONDS).start()
 
     def submit(self, raw: bytes) -> intake.Submitted:
         submitted = intake.submit_manifest(self.store, self.settings, raw)
@@ -42,38 +37,46 @@ class DaemonBackend:
         return submitted
 
     def job_status(self, job_id: str) -> dict | None:
-        """The status marker of ``job_id``; ``state: pending`` while no daemon has started it."""
-        entry = intake.lookup_job(self.store, self.settings, job_id)
-        if entry is None:
+        """The job's view (``jobs.job_view``): its status marker with ``error``, and once it has
+        finished its result marker's fields but ``entries``; ``pending`` before it starts."""
+        try:
+            return jobs.load_job(self.store, self.settings, job_id)
+        except jobs.NotFound:
             return None
-        bucket = self.settings.buckets.output
-        raw = self.store.get_bytes(bucket, status_key(entry["target"]), max_bytes=1 << 20)
-        marker = json.loads(raw) if raw else None
-        if isinstance(marker, dict) and marker.get("job_id") == job_id:
-            return marker
-        return {
-            "job_id": job_id,
-            "state": "pending",
-            "target": entry["target"],
-            "bucket": bucket,
-            "manifest": entry.get("manifest"),
-        }
+
+    def list_jobs(self, *, state: str | None, limit: str | None, cursor: str | None) -> dict:
+        return jobs.list_jobs(
+            self.store,
+            self.settings,
+            state=jobs.parse_state(state),
+            limit=jobs.parse_limit(limit),
+            cursor=cursor,
+        )
+
+    def retry(self, job_id: str) -> dict:
+        retried = jobs.retry_job(self.store, self.settings, job_id)
+        self.daemon.wake([retried["manifest"]])
+        return retried
+
+    def download_url(self, job_id: str) -> str:
+        view = jobs.load_job(self.store, self.settings, job_id, with_result=False)
+        expires = self.settings.links.expires_seconds
+        return jobs.download_link(self.store, self.settings, view, expires).url
 
     def ready(self) -> bool:
-        """Buckets reachable (cached for a few seconds: probes are billed requests)."""
-        with self._ready_lock:
-            now = time.monotonic()
-            if now - self._ready_at < READY_CACHE_SECONDS:
-                return self._ready
-            buckets = {self.settings.buckets.input, self.settings.buckets.output, self.watch_bucket}
-            try:
-                for bucket in buckets:
-                    self.store.head_bucket(bucket)
-                self._ready = not self.daemon.stopping
-            except WatcherError:
-                self._ready = False
-            self._ready_at = now
-            return self._ready
+        """Buckets reachable and not stopping: computed in the background, answered at once."""
+        return self._readiness.ready() and not self.daemon.stopping
+
+    def _probe_buckets(self) -> bool:
+        """One HeadBucket per bucket on a quick client (short timeouts, one retry)."""
+        from watcher.preflight import probe_client
+
+        if self._probe_client is None:
+            self._probe_client = probe_client(self.settings)
+        buckets = {self.settings.buckets.input, self.settings.buckets.output, self.watch_bucket}
+        for bucket in buckets:
+            self._probe_client.head_bucket(Bucket=bucket)
+        return True
 
     def wake(self, keys: list[str]) -> None:
         self.daemon.wake(keys)

@@ -13,6 +13,7 @@ from conftest import event_signature
 
 from watcher.api import bearer_ok, make_app, manifest_keys, parse_events, signature_ok
 from watcher.errors import InvalidManifest, StorageError
+from watcher.jobs import BadRequest, Conflict, NotFound
 from watcher.metrics import Metrics
 
 SECRET = "s3cret-token-value"
@@ -33,6 +34,7 @@ class FakeBackend:
     submitted: list[bytes] = field(default_factory=list)
     woken: list[list[str]] = field(default_factory=list)
     fail_with: Exception | None = None
+    listed: list = field(default_factory=list)
 
     def submit(self, raw: bytes) -> Submitted:
         if self.fail_with is not None:
@@ -46,13 +48,35 @@ class FakeBackend:
     def job_status(self, job_id: str) -> dict | None:
         if job_id != "known":
             return None
-        return {"job_id": job_id, "state": "running", "target": "o.zip", "bucket": "bucket"}
+        return {
+            "job_id": job_id,
+            "state": "running",
+            "target": "o.zip",
+            "bucket": "bucket",
+            "error": None,
+        }
 
     def ready(self) -> bool:
         return self.is_ready
 
     def wake(self, keys: list[str]) -> None:
         self.woken.append(keys)
+
+    def list_jobs(self, *, state, limit, cursor) -> dict:
+        self.listed.append((state, limit, cursor))
+        if limit == "0":
+            raise BadRequest("limit: must be an integer from 1 to 500")
+        return {"jobs": [{"job_id": "known", "state": "running"}], "next": None}
+
+    def retry(self, job_id: str) -> dict:
+        if job_id != "failed-one":
+            raise Conflict(f"job {job_id!r} is running: only a failed job can be retried")
+        return {"job_id": job_id, "target": "o.zip", "manifest": "zip-requests/f.json"}
+
+    def download_url(self, job_id: str) -> str:
+        if job_id == "missing":
+            raise NotFound("no job 'missing'")
+        return "http://127.0.0.1:1/bucket/o.zip?X-Amz-Signature=abc"
 
 
 def call(
@@ -65,7 +89,8 @@ def call(
 ):
     environ: dict = {}
     setup_testing_defaults(environ)
-    environ.update(REQUEST_METHOD=method, PATH_INFO=path, QUERY_STRING="")
+    path, _, query = path.partition("?")
+    environ.update(REQUEST_METHOD=method, PATH_INFO=path, QUERY_STRING=query)
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body) if content_length is None else content_length)
     for name, value in (headers or {}).items():
@@ -203,9 +228,38 @@ def test_metrics_need_the_token_and_expose_counters(app):
 
 def test_unknown_routes_and_methods(app):
     assert call(app, "GET", "/nope", headers=AUTH)["status"] == 404
-    assert call(app, "GET", "/jobs", headers=AUTH)["status"] == 405
-    assert call(app, "DELETE", "/jobs/known", headers=AUTH)["status"] == 405
+    assert call(app, "GET", "/jobs/a/b", headers=AUTH)["status"] == 404
+    put = call(app, "PUT", "/jobs", headers=AUTH)
+    assert put["status"] == 405 and put["headers"]["Allow"] == "POST, GET"
+    assert call(app, "PATCH", "/jobs/known", headers=AUTH)["status"] == 405
+    assert call(app, "GET", "/jobs/known/retry", headers=AUTH)["headers"]["Allow"] == "POST"
     assert call(app, "POST", "/healthz")["status"] == 405
+    assert call(app, "PUT", "/jobs")["status"] == 401, "no route's methods leak without a token"
+
+
+def test_job_list_passes_its_query_and_maps_a_bad_one_to_400(app, backend):
+    r = call(app, "GET", "/jobs?state=running&limit=5&next=abc", headers=AUTH)
+    assert r["status"] == 200 and json.loads(r["body"])["next"] is None
+    assert backend.listed == [("running", "5", "abc")]
+    bad = call(app, "GET", "/jobs?limit=0", headers=AUTH)
+    assert bad["status"] == 400 and json.loads(bad["body"])["error"]["code"] == "bad_request"
+    assert call(app, "GET", "/jobs")["status"] == 401
+
+
+def test_retry_is_202_for_a_failed_job_and_409_otherwise(app):
+    r = call(app, "POST", "/jobs/failed-one/retry", headers=AUTH)
+    assert r["status"] == 202 and r["headers"]["Location"] == "/jobs/failed-one"
+    busy = call(app, "POST", "/jobs/known/retry", headers=AUTH)
+    assert busy["status"] == 409 and json.loads(busy["body"])["error"]["code"] == "conflict"
+
+
+def test_download_redirects_to_a_fresh_link_that_is_never_logged(app):
+    with structlog.testing.capture_logs() as logs:
+        r = call(app, "GET", "/jobs/known/download", headers=AUTH)
+        missing = call(app, "GET", "/jobs/missing/download", headers=AUTH)
+    assert r["status"] == 302 and "X-Amz-Signature" in r["headers"]["Location"]
+    assert missing["status"] == 404
+    assert "X-Amz-Signature" not in json.dumps(logs, default=str)
 
 
 def sign(body: bytes, secret: str = EVENT_SECRET) -> str:
@@ -382,6 +436,12 @@ def test_every_answer_of_the_app_is_documented_in_openapi(app, backend):
         ("POST", "/jobs", "/jobs", b"x", {**AUTH, "Content-Type": "text/plain"}),
         ("GET", "/jobs/known", "/jobs/{job_id}", b"", AUTH),
         ("GET", "/jobs/other", "/jobs/{job_id}", b"", AUTH),
+        ("GET", "/jobs", "/jobs", b"", AUTH),
+        ("GET", "/jobs?limit=0", "/jobs", b"", AUTH),
+        ("POST", "/jobs/failed-one/retry", "/jobs/{job_id}/retry", b"", AUTH),
+        ("POST", "/jobs/known/retry", "/jobs/{job_id}/retry", b"", AUTH),
+        ("GET", "/jobs/known/download", "/jobs/{job_id}/download", b"", AUTH),
+        ("GET", "/jobs/missing/download", "/jobs/{job_id}/download", b"", AUTH),
         ("GET", "/healthz", "/healthz", b"", {}),
         ("GET", "/readyz", "/readyz", b"", {}),
         ("GET", "/metrics", "/metrics", b"", AUTH),

@@ -179,3 +179,11 @@ def test_an_endpoint_without_scheme_or_host_names_the_variable(value):
 def test_http_and_https_endpoints_are_accepted():
     for value in ("https://s3.us-west-004.backblazeb2.com", "http://127.0.0.1:9000"):
         assert from_mapping({"s3": {"endpoint_url": value}}, {}).s3.endpoint_url == value
+
+
+def test_links_expire_within_sigv4s_seven_days_and_zero_turns_them_off():
+    assert from_mapping({}, {}).links.expires_seconds == 86_400
+    assert from_mapping({}, {"LINK_EXPIRES_SECONDS": "0"}).links.expires_seconds == 0
+    with pytest.raises(ConfigError) as info:
+        from_mapping({"links": {"expires_seconds": 604_801}}, {})
+    assert info.value.key == "links.expires_seconds"
