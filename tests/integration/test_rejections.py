@@ -4,9 +4,12 @@ with the daemon as a subprocess against moto's S3 server over HTTP."""
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.error
+import urllib.request
 
-from conftest import put_objects, verify_zip
+from conftest import SHARED_SECRET, free_port, put_objects, verify_zip
 from daemonproc import list_keys, read_json, wait_until, write_config
 
 PREFIX = "zip-requests/"
@@ -120,3 +123,53 @@ def test_a_job_id_names_one_content_the_same_again_is_not_run_and_other_content_
     time.sleep(0.5)
     assert daemon.proc.poll() is None
 
+
+def post_job(port: int, manifest: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/jobs",
+        data=json.dumps(manifest).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {SHARED_SECRET}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_posting_an_id_again_answers_200_for_the_same_content_and_409_for_other_content(
+    s3, bucket, tmp_path, daemons
+):
+    put_objects(s3, bucket, {"a.txt": b"alpha", "b.txt": b"beta"})
+    port = free_port()
+    config = write_config(tmp_path / "c.yaml", http={"enabled": True, "port": port})
+    daemon = daemons(config, env={"SHARED_SECRET": SHARED_SECRET})
+    wait_until(lambda: listening(port), 30, "the HTTP server")
+    manifest = {"files": ["a.txt"], "target": "out/a.zip", "id": "order-7"}
+
+    status, first = post_job(port, manifest)
+    assert status == 202 and first["job_id"] == "order-7", first
+    status, again = post_job(port, {"id": "order-7", "target": "out/a.zip", "files": ["a.txt"]})
+    assert status == 200, again
+    assert (again["job_id"], again["target"]) == ("order-7", "out/a.zip")
+    status, other = post_job(port, {**manifest, "files": ["b.txt"]})
+    assert status == 409 and other["error"]["code"] == "id_conflict", other
+
+    wait_until(lambda: result_of(s3, bucket, "out/a.zip"), 60, "the job's result")
+    result = result_of(s3, bucket, "out/a.zip")
+    assert result["state"] == "succeeded" and result["job_id"] == "order-7"
+    check_zip(s3, bucket, "out/a.zip", {"a.txt": b"alpha"}, tmp_path)
+    # Once it has run, the same submission is still the same job, and runs no more.
+    status, late = post_job(port, manifest)
+    assert status == 200 and late["job_id"] == "order-7", late
+    time.sleep(2)
+    started = [e for e in daemon.events() if e.get("event") == "job_started"]
+    assert len(started) == 1, started
+    assert result_of(s3, bucket, "out/a.zip") == result
+    assert daemon.proc.poll() is None
