@@ -221,6 +221,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from watcher.daemon import Daemon
     from watcher.logs import configure_logging
+    from watcher.retention import Housekeeping
     from watcher.wakeup import Listener
 
     if args.local or _nothing_configured(settings):
@@ -236,6 +237,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics = _metrics(store)
         daemon = Daemon(settings, store, claimer, metrics=metrics, log=log)
         http = _start_http(settings, store, daemon, metrics, log=log)
+        housekeeping = Housekeeping(settings, store.client, metrics=metrics, log=log)
+        housekeeping.start()
         wakeup = Listener(settings, daemon.wake)
         if wakeup.start():
             log.info("wakeup_listening")
@@ -251,6 +254,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             return daemon.run()
         finally:
+            housekeeping.stop()
             wakeup.stop()
             if http is not None:
                 http.stop()

@@ -107,6 +107,14 @@ class LinksSettings:
     expires_seconds: int = 86_400  # 0: no download links
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    done_days: float = 30.0  # 0: keep forever
+    failed_days: float = 90.0
+    stale_upload_hours: float = 24.0
+    interval_seconds: float = 3600.0
+
+
 # -- end user (issue 13) ----------------------------------------------------------------------
 
 
@@ -120,6 +128,7 @@ class Settings:
     pipeline: PipelineSettings = PipelineSettings()
     logging: LoggingSettings = LoggingSettings()
     links: LinksSettings = LinksSettings()
+    retention: RetentionSettings = RetentionSettings()
     shutdown_grace_seconds: float = 30.0
 
     @property
@@ -243,6 +252,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             ("LINK_EXPIRES_SECONDS",),
         ),
     },
+    "retention": {
+        "done_days": Key((int, float), _at_least(0)),
+        "failed_days": Key((int, float), _at_least(0)),
+        "stale_upload_hours": Key((int, float), _at_least(0)),
+        "interval_seconds": Key((int, float), _positive),
+    },
 }
 TOP_LEVEL = {"shutdown_grace_seconds": Key((int, float), _at_least(0))}
 _SECTIONS = {
@@ -254,6 +269,7 @@ _SECTIONS = {
     "pipeline": PipelineSettings,
     "logging": LoggingSettings,
     "links": LinksSettings,
+    "retention": RetentionSettings,
 }
 
 

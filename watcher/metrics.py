@@ -47,6 +47,12 @@ class Metrics:
             registry=r,
         )
         self.jobs_running = Gauge("b2zip_jobs_running", "Jobs running now", registry=r)
+        self.retention_deleted = Counter(
+            "b2zip_retention_deleted",
+            "Object versions deleted (uploads aborted) by retention, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.manifests_pending = Gauge(
             "b2zip_manifests_pending", "Manifests waiting in the requests prefix", registry=r
         )

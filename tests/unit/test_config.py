@@ -187,3 +187,12 @@ def test_links_expire_within_sigv4s_seven_days_and_zero_turns_them_off():
     with pytest.raises(ConfigError) as info:
         from_mapping({"links": {"expires_seconds": 604_801}}, {})
     assert info.value.key == "links.expires_seconds"
+
+
+def test_retention_ages_take_fractions_and_zero_and_refuse_negatives():
+    settings = from_mapping({"retention": {"done_days": 0.5, "failed_days": 0}}, {})
+    assert settings.retention.done_days == 0.5 and settings.retention.failed_days == 0
+    assert settings.retention.stale_upload_hours == 24 and settings.retention.interval_seconds > 0
+    with pytest.raises(ConfigError) as info:
+        from_mapping({"retention": {"stale_upload_hours": -1}}, {})
+    assert info.value.key == "retention.stale_upload_hours"
