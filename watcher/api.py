@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.errors import JobError, WatcherError
-from watcher.intake import is_manifest_key
+from watcher.layout import is_manifest_key
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_EVENT_BODY = 1024 * 1024

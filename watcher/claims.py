@@ -28,8 +28,14 @@ without NTP, a container on a drifting host) still never take over a live claim.
 ``single`` — no coordination: only one daemon may watch the prefix.
 
 ``auto`` probes at start-up: conditional when a second ``If-None-Match: *`` create of the same
-key fails (a store that ignores the header does not count), else versions when the bucket keeps
-versions, else single.
+key fails (a store that ignores the header does not count; B2 answers ``501 NotImplemented``),
+else versions when the bucket keeps versions *and* a probe key written twice lists both versions,
+newest first (observed, not just announced by ``GetBucketVersioning``), else single. An
+``AccessDenied`` during the probe is a configuration error, never a missing feature; so is
+``versions`` (chosen or configured) on a store that does not keep versions (CONTRACT §7.11, §8).
+
+Every request goes through :class:`watcher.store.Store` (its verbs translate errors and count
+requests); the key layout comes from :mod:`watcher.layout`.
 """
 
 from __future__ import annotations
@@ -41,16 +47,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
+from watcher.errors import AccessDenied, ConfigError, StorageError
+from watcher.layout import CLAIMS, claim_base, probe_key
+from watcher.store import Fetched, NotImplementedByStore, Store, server_time
 
-from watcher.errors import StorageError
-from watcher.store import error_code
-
-CLAIMS = ".claims/"
-_LOST = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey", "404"}
+__all__ = ["CLAIMS", "claim_base"]  # re-exported from watcher.layout
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,6 @@ class Claimer(Protocol):
     def release(self, claim: Claim) -> None: ...
 
 
-def _storage_error(exc: Exception, key: str) -> StorageError:
-    code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-    return StorageError(f"claim {key}: {code}")
-
-
 # Date and the LastModified of a HEAD/GET are whole seconds; an expiry is only believed this much
 # after it, so rounding can never make a live claim look expired.
 _CLOCK_RESOLUTION = 1.0
@@ -84,21 +82,14 @@ _CLOCK_RESOLUTION = 1.0
 
 def store_now(response: dict, fallback: float) -> float:
     """The store's clock when it answered (its HTTP ``Date`` header); ``fallback`` without one."""
-    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    try:
-        return parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return fallback
-
-
-def claim_base(prefix: str, manifest_key: str) -> str:
-    return f"{prefix}{CLAIMS}{manifest_key[len(prefix) :]}"
+    moment = server_time(response)
+    return fallback if moment is None else moment
 
 
 class _Base:
     def __init__(
         self,
-        client: Any,
+        store: Store,
         bucket: str,
         prefix: str,
         *,
@@ -106,7 +97,7 @@ class _Base:
         lease_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
+        self.store = _as_store(store)
         self.bucket = bucket
         self.prefix = prefix
         self.owner = owner
@@ -130,45 +121,33 @@ class _Base:
 class ConditionalClaimer(_Base):
     mode = "conditional"
 
-    def _put(self, key: str, body: bytes, **condition: str) -> str | None:
-        """PUT with a precondition; the new ETag, or None when the precondition failed."""
-        try:
-            response = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **condition
-            )
-        except ClientError as exc:
-            if error_code(exc) in _LOST:
-                return None
-            raise _storage_error(exc, key) from None
-        except BotoCoreError as exc:
-            raise _storage_error(exc, key) from None
-        return response["ETag"]
-
     def claim(self, manifest_key: str) -> Claim | None:
         key = claim_base(self.prefix, manifest_key)
-        etag = self._put(key, self._body(manifest_key, 1), IfNoneMatch="*")
-        if etag is None:
-            etag = self._take_over_if_expired(key, manifest_key)
+        written = self.store.put_if_absent(self.bucket, key, self._body(manifest_key, 1))
+        etag = (
+            written.etag if written is not None else self._take_over_if_expired(key, manifest_key)
+        )
         if etag is None:
             return None
         return Claim(manifest_key, self.owner, 1, etag, self.clock() + self.lease_seconds)
 
     def _take_over_if_expired(self, key: str, manifest_key: str) -> str | None:
+        current = self.store.get(self.bucket, key, max_bytes=64 * 1024)
+        if current is None:
+            return None  # released meanwhile: the next poll claims it afresh
         try:
-            current = self.client.get_object(Bucket=self.bucket, Key=key)
-            document = json.loads(current["Body"].read())
-        except ClientError as exc:
-            if error_code(exc) in _LOST:
-                return None  # released meanwhile: the next poll claims it afresh
-            raise _storage_error(exc, key) from None
-        except (BotoCoreError, ValueError) as exc:
-            raise _storage_error(exc, key) from None
-        if not self._expired(current, document):
+            document = json.loads(current.body)
+        except ValueError:
+            document = {}
+        if not self._expired(current, document if isinstance(document, dict) else {}):
             return None
-        return self._put(key, self._body(manifest_key, 1), IfMatch=current["ETag"])
+        written = self.store.put_if_match(
+            self.bucket, key, self._body(manifest_key, 1), current.etag
+        )
+        return written.etag if written is not None else None
 
-    def _expired(self, response: dict, document: dict) -> bool:
-        """Whether the claim GET ``response`` returned has expired, by the store's clock.
+    def _expired(self, current: Fetched, document: dict) -> bool:
+        """Whether the claim ``current`` (as a GET returned it) has expired, by the store's clock.
 
         The lease is the owner's (its document's ``expires_at - created_at``: a difference on one
         clock), counted from when the store last received the claim.
@@ -177,26 +156,22 @@ class ConditionalClaimer(_Base):
             lease = float(document["expires_at"]) - float(document["created_at"])
         except (KeyError, TypeError, ValueError):
             lease = self.lease_seconds
-        written = response["LastModified"].timestamp()
-        now = store_now(response, self.clock())
+        written = current.last_modified.timestamp()
+        now = self.clock() if current.server_time is None else current.server_time
         return now > written + lease + _CLOCK_RESOLUTION
 
     def renew(self, claim: Claim) -> Claim | None:
         key = claim_base(self.prefix, claim.manifest_key)
-        etag = self._put(key, self._body(claim.manifest_key, 1), IfMatch=claim.token)
-        if etag is None:
+        written = self.store.put_if_match(
+            self.bucket, key, self._body(claim.manifest_key, 1), claim.token
+        )
+        if written is None:
             return None
-        return replace(claim, token=etag, expires_at=self.clock() + self.lease_seconds)
+        return replace(claim, token=written.etag, expires_at=self.clock() + self.lease_seconds)
 
     def release(self, claim: Claim) -> None:
         key = claim_base(self.prefix, claim.manifest_key)
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=claim.token)
-        except ClientError as exc:
-            if error_code(exc) not in _LOST:
-                raise _storage_error(exc, key) from None
-        except BotoCoreError as exc:
-            raise _storage_error(exc, key) from None
+        self.store.delete_if_match(self.bucket, key, claim.token)
 
 
 @dataclass(frozen=True)
@@ -256,14 +231,10 @@ class VersionsClaimer(_Base):
     def _list(self, manifest_key: str) -> tuple[Generations, float]:
         """The manifest's generations, and the store's clock when it listed them."""
         base = claim_base(self.prefix, manifest_key)
-        try:
-            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=base + "/")
-        except (ClientError, BotoCoreError) as exc:
-            raise _storage_error(exc, base) from None
-        generations = read_generations(
-            [(o["Key"], o["LastModified"]) for o in page.get("Contents", [])], base
-        )
-        return generations, store_now(page, self.clock())
+        listing = self.store.listing(self.bucket, base + "/")
+        generations = read_generations([(o.key, o.last_modified) for o in listing.objects], base)
+        now = self.clock() if listing.server_time is None else listing.server_time
+        return generations, now
 
     def _alive(self, generations: Generations, now: float) -> bool:
         if generations.heartbeat is None:
@@ -277,23 +248,16 @@ class VersionsClaimer(_Base):
             return None
         generation = generations.newest + 1
         key = self._gen_key(manifest_key, generation)
-        try:
-            mine = self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=self._body(manifest_key, generation),
-                ContentType="application/json",
-            )["VersionId"]
-            self.sleep(self.settle_seconds)
-            listed = self.client.list_object_versions(Bucket=self.bucket, Prefix=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise _storage_error(exc, key) from None
-        except KeyError:
-            raise StorageError(f"claim {key}: the bucket does not keep object versions") from None
+        mine = self.store.put(
+            self.bucket, key, self._body(manifest_key, generation), content_type="application/json"
+        ).version_id
+        if mine is None:
+            raise StorageError(f"claim {key}: the bucket does not keep object versions")
+        self.sleep(self.settle_seconds)
         versions = [
-            Version(v["VersionId"], v["LastModified"])
-            for v in listed.get("Versions", [])
-            if v["Key"] == key
+            Version(v.version_id, v.last_modified)
+            for v in self.store.list_versions(self.bucket, key)
+            if v.key == key and not v.delete_marker
         ]
         if not versions or winner(versions).version_id != mine:
             return None
@@ -302,15 +266,12 @@ class VersionsClaimer(_Base):
 
     def _heartbeat(self, claim: Claim) -> Claim:
         key = self._gen_key(claim.manifest_key, claim.generation) + ".lease"
-        try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=self._body(claim.manifest_key, claim.generation),
-                ContentType="application/json",
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise _storage_error(exc, key) from None
+        self.store.put(
+            self.bucket,
+            key,
+            self._body(claim.manifest_key, claim.generation),
+            content_type="application/json",
+        )
         return replace(claim, expires_at=self.clock() + self.lease_seconds)
 
     def renew(self, claim: Claim) -> Claim | None:
@@ -323,18 +284,7 @@ class VersionsClaimer(_Base):
         base = claim_base(self.prefix, claim.manifest_key)
         if self._list(claim.manifest_key)[0].newest != claim.generation:
             return
-        try:
-            listed = self.client.list_object_versions(Bucket=self.bucket, Prefix=base + "/")
-            doomed = [
-                {"Key": v["Key"], "VersionId": v["VersionId"]}
-                for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])
-            ]
-            if doomed:
-                self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": doomed, "Quiet": True}
-                )
-        except (ClientError, BotoCoreError) as exc:
-            raise _storage_error(exc, base) from None
+        self.store.delete_all_versions(self.bucket, base + "/")
 
 
 class SingleClaimer:
@@ -362,43 +312,94 @@ class SingleClaimer:
             self._held.discard(claim.manifest_key)
 
 
-def probe(client: Any, bucket: str, prefix: str) -> str:
-    """Which protocol this store supports: "conditional", "versions" or "single"."""
-    key = f"{prefix}{CLAIMS}.probe-{uuid.uuid4().hex}"
-    conditional = False
+def _as_store(store: Any) -> Store:
+    """A :class:`Store`; a bare boto3 client (older callers) gets one of its own."""
+    return store if isinstance(store, Store) else Store(store)
+
+
+def _denied(exc: AccessDenied, what: str) -> ConfigError:
+    return ConfigError(
+        "watch.coordination",
+        f"{exc.message} while probing {what}: the credentials must be allowed to write, list "
+        "(with versions) and delete under the requests prefix",
+    )
+
+
+def _has_conditional_writes(store: Store, bucket: str, key: str) -> bool:
+    """A second ``If-None-Match: *`` create of one key must fail with 412; B2 answers the first
+    with ``501 NotImplemented``, and a store that ignores the header lets both through."""
     try:
-        client.put_object(Bucket=bucket, Key=key, Body=b"1", IfNoneMatch="*")
+        if store.put_if_absent(bucket, key, b"1") is None:
+            return False
+        return store.put_if_absent(bucket, key, b"2") is None
+    except NotImplementedByStore:
+        return False
+    except StorageError as exc:
+        if getattr(exc, "status", None) in (400, 405, 501):
+            return False  # a store that refuses the header outright
+        raise
+
+
+def observe_versions(store: Store, bucket: str, key: str) -> bool:
+    """Write ``key`` twice and list its versions: True when both are listed, newest first
+    (CONTRACT §8). ``GetBucketVersioning`` alone only says what the store claims."""
+    first = store.put(bucket, key, b"first", content_type="application/octet-stream")
+    second = store.put(bucket, key, b"second", content_type="application/octet-stream")
+    if not first.version_id or not second.version_id or first.version_id == second.version_id:
+        return False
+    listed = [v.version_id for v in store.list_versions(bucket, key) if v.key == key]
+    return listed[:2] == [second.version_id, first.version_id]
+
+
+def probe(store: Store, bucket: str, prefix: str) -> str:
+    """Which protocol this store supports: "conditional", "versions" or "single".
+
+    Raises :class:`ConfigError` on ``AccessDenied`` (the probe's verdict would be meaningless).
+    """
+    store = _as_store(store)
+    key = probe_key(prefix, uuid.uuid4().hex)
+    try:
+        if _has_conditional_writes(store, bucket, key):
+            return "conditional"
+        if store.bucket_versioning(bucket) != "Enabled":
+            return "single"
+        return "versions" if observe_versions(store, bucket, key) else "single"
+    except AccessDenied as exc:
+        raise _denied(exc, "the store's features") from None
+    finally:
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=b"2", IfNoneMatch="*")
-        except ClientError as exc:
-            conditional = error_code(exc) in ("PreconditionFailed", "412")
-    except ClientError:
-        conditional = False  # e.g. B2's NotImplemented
-    except BotoCoreError as exc:
-        raise _storage_error(exc, key) from None
+            store.delete_all_versions(bucket, key, exact=True)
+        except AccessDenied:
+            pass  # already reported, or the caller learns of it at the first claim
+        except StorageError:
+            pass  # a stray probe key under .claims/ is harmless
+
+
+def require_versions(store: Store, bucket: str, prefix: str) -> None:
+    """``coordination: versions`` on a store that does not keep versions is a configuration
+    error at start-up (CONTRACT §7.11), not a silent stall."""
+    key = probe_key(prefix, uuid.uuid4().hex)
     try:
-        versioning = client.get_bucket_versioning(Bucket=bucket).get("Status")
-    except (ClientError, BotoCoreError):
-        versioning = None
-    try:
-        listed = client.list_object_versions(Bucket=bucket, Prefix=key)
-        doomed = [
-            {"Key": v["Key"], "VersionId": v["VersionId"]}
-            for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])
-            if v["Key"] == key
-        ]
-        if doomed:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
-    except (ClientError, BotoCoreError):
-        client.delete_object(Bucket=bucket, Key=key)
-    if conditional:
-        return "conditional"
-    return "versions" if versioning == "Enabled" else "single"
+        kept = observe_versions(store, bucket, key)
+    except AccessDenied as exc:
+        raise _denied(exc, "object versions") from None
+    finally:
+        try:
+            store.delete_all_versions(bucket, key, exact=True)
+        except (AccessDenied, StorageError):
+            pass
+    if not kept:
+        raise ConfigError(
+            "watch.coordination",
+            f"'versions' needs a bucket that keeps object versions, and bucket {bucket!r} does "
+            "not keep object versions (a key written twice did not list two versions, newest "
+            "first): enable versioning or use 'conditional' / 'auto'",
+        )
 
 
 def make_claimer(
     mode: str,
-    client: Any,
+    store: Store,
     bucket: str,
     prefix: str,
     *,
@@ -406,15 +407,19 @@ def make_claimer(
     lease_seconds: float,
     **options: Any,
 ) -> Claimer:
-    """The claimer for ``mode``; ``auto`` probes the store first."""
+    """The claimer for ``mode``; ``auto`` probes the store first, ``versions`` checks that the
+    store keeps versions."""
+    store = _as_store(store)
     if mode == "auto":
-        mode = probe(client, bucket, prefix)
+        mode = probe(store, bucket, prefix)
+    elif mode == "versions":
+        require_versions(store, bucket, prefix)
     if mode == "conditional":
         return ConditionalClaimer(
-            client, bucket, prefix, owner=owner, lease_seconds=lease_seconds, **options
+            store, bucket, prefix, owner=owner, lease_seconds=lease_seconds, **options
         )
     if mode == "versions":
         return VersionsClaimer(
-            client, bucket, prefix, owner=owner, lease_seconds=lease_seconds, **options
+            store, bucket, prefix, owner=owner, lease_seconds=lease_seconds, **options
         )
     return SingleClaimer(owner)

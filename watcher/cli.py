@@ -144,7 +144,7 @@ def _services(settings, *, log):
     store = Store(client)
     claimer = make_claimer(
         settings.watch.coordination,
-        client,
+        store,
         settings.watch_bucket,
         settings.watch.prefix,
         owner=_owner_id(),

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from watcher import intake, sdnotify
+from watcher import sdnotify
 from watcher.errors import InvalidManifest, JobCancelled, StorageError, WatcherError
 from watcher.job import reject_oversized, run_job
+from watcher.layout import filed_key, is_manifest_key
 from watcher.manifest import MAX_MANIFEST_BYTES
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
     from watcher.metrics import Metrics
     from watcher.store import Store
 
-DONE = "done/"
-FAILED = "failed/"
 TICK_SECONDS = 1.0
 
 
@@ -72,10 +71,6 @@ def pick_batch(candidates: list[Any], free: int, rng: random.Random) -> list[Any
     """
     window = candidates[: free * CLAIM_WINDOW]
     return rng.sample(window, min(free, len(window)))
-
-
-def filed_key(prefix: str, manifest_key: str, succeeded: bool) -> str:
-    return f"{prefix}{DONE if succeeded else FAILED}{manifest_key[len(prefix) :]}"
 
 
 class _SkippedRunFilter(logging.Filter):
@@ -293,7 +288,7 @@ class Daemon:
         """The manifests in the requests prefix, oldest first (one ListObjectsV2)."""
         listed = self.store.list_objects(self.bucket, self.prefix, delimiter="/")
         return sorted(
-            (o for o in listed if intake.is_manifest_key(o.key, self.prefix)),
+            (o for o in listed if is_manifest_key(o.key, self.prefix)),
             key=lambda o: (o.last_modified, o.key),
         )
 

@@ -19,16 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from watcher.errors import IdConflict, JobError
+from watcher.layout import RESULT_SUFFIX, error_report_key, job_index_key
+from watcher.layout import is_manifest_key as is_manifest_key  # re-exported
 from watcher.manifest import Manifest, is_job_id, parse_manifest
 
 if TYPE_CHECKING:
     from watcher.config import Settings
     from watcher.store import Store
-
-JOBS_SUBPREFIX = ".jobs/"
-FAILED_SUBPREFIX = "failed/"
-ERROR_SUFFIX = ".error.json"
-RESULT_SUFFIX = ".result.json"
 
 IdDecision = Literal["new", "same", "conflict"]
 
@@ -54,18 +51,6 @@ class Admission:
 
     decision: Literal["run", "conflict", "duplicate"]
     result: dict[str, Any] | None = None
-
-
-def is_manifest_key(key: str, prefix: str) -> bool:
-    """A key the watcher takes: directly in the prefix, ends in .json, not one of our own."""
-    if not key.startswith(prefix):
-        return False
-    name = key[len(prefix) :]
-    return bool(name) and "/" not in name and name.endswith(".json") and not name.startswith(".")
-
-
-def job_index_key(prefix: str, job_id: str) -> str:
-    return f"{prefix}{JOBS_SUBPREFIX}{job_id}.json"
 
 
 def content_digest(manifest: Manifest) -> str:
@@ -220,11 +205,6 @@ def lookup_job(store: Store, settings: Settings, job_id: str) -> dict | None:
 def error_report(job_id: str, error: JobError, *, attempts: int) -> dict[str, Any]:
     """``failed/<name>.error.json``: why a manifest failed for good (CONTRACT §7.5, §7.6)."""
     return {"job_id": job_id, "code": error.code, "message": error.message, "attempts": attempts}
-
-
-def error_report_key(prefix: str, manifest_key: str) -> str:
-    name = manifest_key[len(prefix) :].removesuffix(".json")
-    return f"{prefix}{FAILED_SUBPREFIX}{name}{ERROR_SUFFIX}"
 
 
 def write_error_report(

@@ -49,7 +49,7 @@ def limits_from(settings: Settings) -> PipelineLimits:
         read_ahead_bytes=pipeline.read_ahead_bytes,
         max_parallel_gets=pipeline.max_parallel_gets,
         upload_concurrency=pipeline.upload_concurrency,
-        minimum_part=max(8, pipeline.part_size_mib or 8) * MiB,
+        minimum_part=(pipeline.part_size_mib or 8) * MiB,
     )
 
 
@@ -66,6 +66,7 @@ def run_job(
 ) -> Outcome:
     """Run the manifest ``raw_manifest``; see the module docstring for what is guaranteed."""
     log = log or structlog.get_logger("watcher.job")
+    store = store.for_job() if hasattr(store, "for_job") else store  # counts its requests
     prefix = settings.watch.prefix
     output = settings.buckets.output
     started = time.monotonic()

@@ -15,20 +15,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from watcher.layout import result_key, status_key
+
 if TYPE_CHECKING:
     from watcher.errors import JobError
     from watcher.store import Store
 
 MIN_INTERVAL = 1.0
 HEARTBEAT = 10.0
-
-
-def status_key(target: str) -> str:
-    return f"{target}.status.json"
-
-
-def result_key(target: str) -> str:
-    return f"{target}.result.json"
 
 
 def iso(moment: datetime) -> str:
@@ -214,9 +208,24 @@ class MarkerWriter:
         """Make the status marker final, then write the result marker: once, and last."""
         self.stop()
         finished_at = self._now()
+        state = "failed" if error is not None else "succeeded"
+        self._write_status(state)
+        if requests is None:
+            requests = job_requests(self.store)
         document = result_doc(
             self.info, self.progress, error=error, finished_at=finished_at, requests=requests
         )
-        self._write_status(document["state"])
         self.store.put_json(self.info.bucket, result_key(self.info.target), document)
         return document
+
+
+def job_requests(store: Any) -> dict[str, int] | None:
+    """The job's requests by B2 class (CONTRACT §8) when ``store`` is a job's view of the store
+    (``Store.for_job``): every request the job made, the final status marker's PUT and the result
+    marker's own PUT (class ``a``) included."""
+    classes = getattr(store, "job_request_classes", None)
+    if classes is None:
+        return None
+    counts = dict(classes())
+    counts["a"] += 1  # the result marker's PUT, sent right after
+    return counts

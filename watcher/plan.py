@@ -12,9 +12,8 @@ from datetime import datetime
 from typing import Protocol
 
 from watcher.errors import InvalidManifest, MissingInput
+from watcher.layout import MARKER_SUFFIXES
 from watcher.manifest import MAX_ENTRIES, Manifest, name_key, validate_entry_name
-
-MARKER_SUFFIXES = (".status.json", ".result.json")
 
 
 @dataclass(frozen=True)

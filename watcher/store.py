@@ -1,19 +1,29 @@
-"""The boto3 edge: one S3 client configured for B2, and the few operations the daemon needs.
+"""The storage edge: one S3 client configured for B2, and every operation the daemon needs.
 
-Every request goes through here, so this is where errors become :mod:`watcher.errors` codes,
-where transient failures are retried, where a broken GET body is resumed with a ranged GET, and
-where requests are counted by operation (B2 bills them by class).
+Every request goes through here — jobs, markers, claims, probes, version listings, purges — so
+this is the one place where errors become :mod:`watcher.errors` codes
+(:func:`translate_client_error`), where transient failures are retried (a 412 never is), where a
+broken GET body is resumed with a ranged GET, and where requests are counted by operation and by
+B2 transaction class (:mod:`watcher.b2classes`), for the daemon and for each job.
+
+New verbs go on :class:`Store` as small methods over :meth:`Store._call`, which translates errors
+and counts the request; a verb that must tell "the precondition failed" from a failure catches
+:class:`PreconditionFailed`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -30,6 +40,7 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import ProtocolError
 
+from watcher.b2classes import by_class
 from watcher.errors import (
     AccessDenied,
     InvalidManifest,
@@ -63,11 +74,31 @@ _DENIED = {
     "InvalidToken",
     "ExpiredToken",
 }
-_MISSING = {"NoSuchKey", "404", "NotFound"}
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_NOT_IMPLEMENTED = {"NotImplemented", "501"}
+# Checksum headers B2 may refuse; botocore adds some even with ``when_required`` (DeleteObjects).
+_CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
 
 
 class TooLarge(InvalidManifest):
     """An object is bigger than the caller is willing to read into memory."""
+
+
+class PreconditionFailed(JobError):
+    """A conditional request's precondition failed (412): the object is not what we pinned.
+
+    Deliberately not a :class:`StorageError`: it is an answer, not a transient failure, so no
+    retry loop ever repeats the request. A job that meets it fails with ``storage_error``.
+    """
+
+    code = "storage_error"
+
+
+class NotImplementedByStore(JobError):
+    """The store answered ``501 NotImplemented`` (B2 for conditional writes): never retried."""
+
+    code = "storage_error"
 
 
 def make_client(
@@ -93,9 +124,24 @@ def make_client(
         parameter_validation=False,  # our parameters are well-formed; saves CPU per request
         user_agent_extra="b2-zip-watcher",
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=config
     )
+    client.meta.events.register("before-sign.s3", _without_checksum_headers)
+    return client
+
+
+def _without_checksum_headers(request: Any = None, **_: Any) -> None:
+    """Drop the checksum headers botocore adds where S3 requires an integrity check
+    (DeleteObjects), which B2 may refuse, and send the ``Content-MD5`` S3 accepts instead."""
+    if request is None:
+        return
+    dropped = [h for h in request.headers if h.lower().startswith(_CHECKSUM_HEADERS)]
+    for header in dropped:
+        del request.headers[header]
+    if dropped and "Content-MD5" not in request.headers and isinstance(request.body, bytes):
+        digest = hashlib.md5(request.body, usedforsecurity=False).digest()
+        request.headers["Content-MD5"] = base64.b64encode(digest).decode()
 
 
 def error_code(err: ClientError) -> str:
@@ -103,23 +149,48 @@ def error_code(err: ClientError) -> str:
 
 
 def translate_client_error(err: Exception, *, bucket: str, key: str | None = None) -> JobError:
-    """Map a botocore failure to the job error codes of CONTRACT §4 (never leaking credentials)."""
+    """Map a botocore failure to the job error codes of CONTRACT §4 (never leaking credentials).
+
+    The one translator of the storage edge: 404 → :class:`MissingInput`, 403 →
+    :class:`AccessDenied`, 412 → :class:`PreconditionFailed`, 501 →
+    :class:`NotImplementedByStore`, anything else → :class:`StorageError` (transient).
+    """
     where = f"s3://{bucket}/{key}" if key is not None else f"bucket {bucket!r}"
     if isinstance(err, ClientError):
         code = error_code(err)
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in _MISSING or (status == 404 and code != "NoSuchBucket"):
-            return MissingInput(f"{where} does not exist")
-        if code in _DENIED or status == 403:
-            return AccessDenied(f"access denied to {where} ({code or status})")
-        if code == "NoSuchBucket":
-            return StorageError(f"bucket {bucket!r} does not exist")
-        if code in ("PreconditionFailed", "412"):
-            return StorageError(f"{where} changed while being read")
-        return StorageError(f"{where}: {code or status} from the storage service")
+        error = _from_answer(code, status, where, bucket)
+        error.status = status  # type: ignore[attr-defined]  # what the store said, for callers
+        error.aws_code = code  # type: ignore[attr-defined]  # that must tell refusals apart
+        return error
     if isinstance(err, BotoCoreError):
         return StorageError(f"{where}: {type(err).__name__} talking to the storage service")
     return StorageError(f"{where}: {type(err).__name__}")
+
+
+def _from_answer(code: str, status: int | None, where: str, bucket: str) -> JobError:
+    if code in _MISSING or (status == 404 and code != "NoSuchBucket"):
+        return MissingInput(f"{where} does not exist")
+    if code in _DENIED or status == 403:
+        return AccessDenied(f"access denied to {where} ({code or status})")
+    if code == "NoSuchBucket":
+        return StorageError(f"bucket {bucket!r} does not exist")
+    if code in _PRECONDITION or status == 412:
+        return PreconditionFailed(f"{where} changed (precondition failed)")
+    if code in _NOT_IMPLEMENTED or status == 501:
+        return NotImplementedByStore(
+            f"{where}: the storage service does not implement this request ({code or status})"
+        )
+    return StorageError(f"{where}: {code or status} from the storage service")
+
+
+def server_time(response: dict) -> float | None:
+    """The store's clock when it answered (its HTTP ``Date`` header), or None without one."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _backoff(attempt: int) -> float:
@@ -286,52 +357,173 @@ class MultipartUpload:
             self.abort()
 
 
+@dataclass(frozen=True)
+class Written:
+    """What a PUT left: the new object's ETag, and its VersionId where the store keeps versions."""
+
+    etag: str
+    version_id: str | None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A small object read whole, with the store's clock when it answered (``None`` if unknown)."""
+
+    key: str
+    body: bytes
+    etag: str
+    last_modified: datetime
+    version_id: str | None
+    server_time: float | None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One full listing of a prefix, and the store's clock when its last page was answered."""
+
+    objects: list[ObjectInfo]
+    server_time: float | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version (or delete marker) of a key, as ListObjectVersions reports it."""
+
+    key: str
+    version_id: str
+    last_modified: datetime
+    is_latest: bool
+    delete_marker: bool = False
+
+
+class _Tally:
+    """Requests sent, by S3 operation; thread-safe."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, operation: str) -> None:
+        with self._lock:
+            self._counts[operation] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+# The tallies of the Store verb running on this thread. botocore sends a request (and its
+# retries) on the thread that called the client, so the ``before-send`` hook finds them here.
+_scope = threading.local()
+
+
+class _ScopedClient:
+    """The boto3 client as seen from one :class:`Store`: every call runs with that store's
+    tallies in scope, so its requests — retries included — count for the daemon and, on a job's
+    store, for that job."""
+
+    def __init__(self, client: Any, tallies: tuple[_Tally, ...]) -> None:
+        self._client = client
+        self._tallies = tallies
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute) or name in ("generate_presigned_url", "get_paginator"):
+            return attribute
+        tallies = self._tallies
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            outer = getattr(_scope, "tallies", None)
+            _scope.tallies = tallies
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                _scope.tallies = outer
+
+        return call
+
+
 class Store:
-    """The operations of the daemon on one S3 client. Thread-safe (boto3 clients are)."""
+    """The operations of the daemon on one S3 client. Thread-safe (boto3 clients are).
+
+    :meth:`for_job` gives a view of the same store that also counts the requests made through it,
+    so a job's result marker can say what the job cost (CONTRACT §8).
+    """
 
     def __init__(self, client: Any) -> None:
-        self.client = client
-        self._counts: Counter[str] = Counter()
-        self._count_lock = threading.Lock()
-        client.meta.events.register("before-send.s3.*", self._count)
+        self.raw_client = client
+        self._root = _Tally()
+        self._tallies: tuple[_Tally, ...] = (self._root,)
+        self.client = _ScopedClient(client, self._tallies)
+        root = self._root
+        # Registered once per Store on the client: counts requests made through a Store of this
+        # root (by the scope), and any made on the bare client outside every Store.
 
-    def _count(self, request: Any = None, event_name: str = "", **_: Any) -> None:
-        operation = event_name.rsplit(".", 1)[-1]
-        with self._count_lock:
-            self._counts[operation] += 1
+        def count(event_name: str = "", **_: Any) -> None:
+            tallies = getattr(_scope, "tallies", None)
+            operation = event_name.rsplit(".", 1)[-1]
+            if tallies is None:
+                root.add(operation)
+            elif tallies[0] is root:
+                for tally in tallies:
+                    tally.add(operation)
+
+        self._count_hook = count
+        client.meta.events.register("before-send.s3.*", count)
+
+    def for_job(self) -> Store:
+        """A view of this store whose requests are counted for one job as well (see
+        :meth:`job_request_counts`); everything else is shared."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._job = _Tally()
+        view._tallies = (*self._tallies, view._job)
+        view.client = _ScopedClient(self.raw_client, view._tallies)
+        return view
 
     def request_counts(self) -> dict[str, int]:
         """HTTP requests sent so far, retries included, by S3 operation name."""
-        with self._count_lock:
-            return dict(self._counts)
+        return self._root.snapshot()
+
+    def request_classes(self) -> dict[str, int]:
+        """:meth:`request_counts` by B2 transaction class: ``{"a": n, "b": n, "c": n}``."""
+        return by_class(self.request_counts())
+
+    def job_request_counts(self) -> dict[str, int]:
+        """Requests sent through this job view (:meth:`for_job`), by operation."""
+        job = self.__dict__.get("_job")
+        return job.snapshot() if job is not None else {}
+
+    def job_request_classes(self) -> dict[str, int]:
+        return by_class(self.job_request_counts())
 
     def _call(self, operation: str, *, bucket: str, key: str | None = None, **params: Any) -> Any:
+        """One request: counted, retried by botocore when transient, errors translated."""
         try:
             return getattr(self.client, operation)(Bucket=bucket, **params)
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, bucket=bucket, key=key) from None
 
+    def _pages(self, bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
+        """The pages of a ListObjectsV2 of ``prefix``."""
+        params: dict[str, Any] = {"Prefix": prefix}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        while True:
+            page = self._call("list_objects_v2", bucket=bucket, key=prefix, **params)
+            yield page
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            params["ContinuationToken"] = token
+
     def list_objects(
         self, bucket: str, prefix: str, *, delimiter: str | None = None
     ) -> Iterator[ObjectInfo]:
         """Every object under ``prefix`` (paginated ListObjectsV2), in key order."""
-        params: dict[str, Any] = {"Prefix": prefix}
-        if delimiter:
-            params["Delimiter"] = delimiter
-        token: str | None = None
-        while True:
-            page = self._call(
-                "list_objects_v2",
-                bucket=bucket,
-                key=prefix,
-                **params,
-                **({"ContinuationToken": token} if token else {}),
-            )
+        for page in self._pages(bucket, prefix, delimiter):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(obj["Key"], obj["Size"], obj["LastModified"], obj.get("ETag"))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
         try:
@@ -364,10 +556,7 @@ class Store:
             return b"".join(reader.iter_chunks())
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> str:
-        response = self._call(
-            "put_object", bucket=bucket, key=key, Key=key, Body=data, ContentType=content_type
-        )
-        return response.get("ETag", "")
+        return self.put(bucket, key, data, content_type=content_type).etag
 
     def put_json(self, bucket: str, key: str, document: Any) -> str:
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
@@ -407,3 +596,161 @@ class Store:
 
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
         self._call("abort_multipart_upload", bucket=bucket, key=key, Key=key, UploadId=upload_id)
+
+    # -- conditional writes, versions, clocks (claims and probes) ----------------------------
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> Written:
+        """PUT ``data``; with a precondition, :class:`PreconditionFailed` when it does not hold
+        and :class:`NotImplementedByStore` where the store has no conditional writes (B2)."""
+        condition: dict[str, str] = {}
+        if if_none_match:
+            condition["IfNoneMatch"] = "*"
+        if if_match is not None:
+            condition["IfMatch"] = if_match
+        response = self._call(
+            "put_object",
+            bucket=bucket,
+            key=key,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            **condition,
+        )
+        return Written(response.get("ETag", ""), response.get("VersionId"))
+
+    def put_if_absent(
+        self, bucket: str, key: str, data: bytes, *, content_type: str = "application/json"
+    ) -> Written | None:
+        """Create ``key`` only if it does not exist (``If-None-Match: *``); None if it does."""
+        try:
+            return self.put(bucket, key, data, content_type=content_type, if_none_match=True)
+        except PreconditionFailed:
+            return None
+
+    def put_if_match(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        etag: str,
+        *,
+        content_type: str = "application/json",
+    ) -> Written | None:
+        """Replace ``key`` only if its ETag is still ``etag``; None if it is not (or is gone)."""
+        try:
+            return self.put(bucket, key, data, content_type=content_type, if_match=etag)
+        except (PreconditionFailed, MissingInput):
+            return None
+
+    def delete_if_match(self, bucket: str, key: str, etag: str) -> bool:
+        """Delete ``key`` only if its ETag is still ``etag``; False if it is not (or is gone)."""
+        try:
+            self._call("delete_object", bucket=bucket, key=key, Key=key, IfMatch=etag)
+        except (PreconditionFailed, MissingInput):
+            return False
+        return True
+
+    def get(
+        self, bucket: str, key: str, *, version_id: str | None = None, max_bytes: int = 1 << 20
+    ) -> Fetched | None:
+        """A small object (or one version of it) read whole, with the store's clock; None when
+        it does not exist; :class:`TooLarge` past ``max_bytes``."""
+        params: dict[str, Any] = {"Key": key}
+        if version_id is not None:
+            params["VersionId"] = version_id
+        try:
+            response = self._call("get_object", bucket=bucket, key=key, **params)
+        except MissingInput:
+            return None
+        body = response["Body"]
+        try:
+            if response.get("ContentLength", 0) > max_bytes:
+                raise TooLarge(f"s3://{bucket}/{key} is larger than {max_bytes} bytes")
+            data = body.read()
+        except _BODY_ERRORS as exc:
+            raise StorageError(f"s3://{bucket}/{key}: {type(exc).__name__} while reading") from None
+        finally:
+            body.close()
+        return Fetched(
+            key,
+            data,
+            response.get("ETag", ""),
+            response["LastModified"],
+            response.get("VersionId"),
+            server_time(response),
+        )
+
+    def listing(self, bucket: str, prefix: str) -> Listing:
+        """Every object under ``prefix`` and the store's clock when it listed them."""
+        objects: list[ObjectInfo] = []
+        moment: float | None = None
+        for page in self._pages(bucket, prefix):
+            objects.extend(
+                ObjectInfo(o["Key"], o["Size"], o["LastModified"], o.get("ETag"))
+                for o in page.get("Contents", [])
+            )
+            moment = server_time(page)
+        return Listing(objects, moment)
+
+    def list_versions(self, bucket: str, prefix: str) -> list[VersionInfo]:
+        """Every version and delete marker under ``prefix``, in the store's order: by key, and
+        each key's versions newest first."""
+        found: list[VersionInfo] = []
+        params: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            page = self._call("list_object_versions", bucket=bucket, key=prefix, **params)
+            for field, marker in (("Versions", False), ("DeleteMarkers", True)):
+                found.extend(
+                    VersionInfo(
+                        e["Key"], e["VersionId"], e["LastModified"], bool(e.get("IsLatest")), marker
+                    )
+                    for e in page.get(field, [])
+                )
+            if not page.get("IsTruncated"):
+                return found
+            params = {
+                "Prefix": prefix,
+                "KeyMarker": page.get("NextKeyMarker"),
+                "VersionIdMarker": page.get("NextVersionIdMarker"),
+            }
+
+    def delete_versions(self, bucket: str, versions: list[VersionInfo]) -> None:
+        """Delete exactly these versions (and delete markers), 1,000 per request."""
+        for start in range(0, len(versions), 1000):
+            batch = versions[start : start + 1000]
+            response = self._call(
+                "delete_objects",
+                bucket=bucket,
+                key=batch[0].key,
+                Delete={
+                    "Objects": [{"Key": v.key, "VersionId": v.version_id} for v in batch],
+                    "Quiet": True,
+                },
+            )
+            errors = [e for e in response.get("Errors", []) if e.get("Code") not in _MISSING]
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"s3://{bucket}/{first.get('Key')}: {first.get('Code')} deleting a version"
+                )
+
+    def delete_all_versions(self, bucket: str, prefix: str, *, exact: bool = False) -> int:
+        """Delete every version of every key under ``prefix`` (only the key ``prefix`` itself
+        with ``exact``): on a versioned bucket — every B2 bucket — a plain DELETE only hides an
+        object, and B2 keeps (and bills) the hidden versions forever. Returns how many went."""
+        doomed = [v for v in self.list_versions(bucket, prefix) if not exact or v.key == prefix]
+        self.delete_versions(bucket, doomed)
+        return len(doomed)
+
+    def bucket_versioning(self, bucket: str) -> str | None:
+        """``Enabled``, ``Suspended``, or None for a bucket that never had versioning."""
+        return self._call("get_bucket_versioning", bucket=bucket).get("Status")

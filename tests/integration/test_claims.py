@@ -7,6 +7,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from faultproxy import Fault, FaultProxy
 
 from watcher.claims import (
     ConditionalClaimer,
@@ -16,6 +17,9 @@ from watcher.claims import (
     probe,
     store_now,
 )
+from watcher.config import S3Settings
+from watcher.errors import AccessDenied, ConfigError
+from watcher.store import Store, make_client
 
 PREFIX = "zip-requests/"
 KEYS = [f"{PREFIX}m{i:02d}.json" for i in range(30)]
@@ -29,11 +33,15 @@ class Clock:
         return self.now
 
 
+def edge(endpoint_url: str) -> Store:
+    return Store(make_client(S3Settings(endpoint_url, "us-east-1")))
+
+
 def claimer(mode: str, s3_server, bucket: str, owner: str, clock=None, lease: float = 30):
     options = {"clock": clock} if clock else {}
     if mode == "versions":
         return VersionsClaimer(
-            s3_server.client(),
+            edge(s3_server.endpoint_url),
             bucket,
             PREFIX,
             owner=owner,
@@ -42,7 +50,7 @@ def claimer(mode: str, s3_server, bucket: str, owner: str, clock=None, lease: fl
             **options,
         )
     return ConditionalClaimer(
-        s3_server.client(), bucket, PREFIX, owner=owner, lease_seconds=lease, **options
+        edge(s3_server.endpoint_url), bucket, PREFIX, owner=owner, lease_seconds=lease, **options
     )
 
 
@@ -124,12 +132,55 @@ def test_release_lets_the_next_claimer_in_and_cleans_up(mode, s3_server, s3, buc
 
 
 def test_probe_picks_conditional_on_moto(s3_server, s3, bucket):
-    assert probe(s3_server.client(), bucket, PREFIX) == "conditional"
+    store = edge(s3_server.endpoint_url)
+    assert probe(store, bucket, PREFIX) == "conditional"
     assert not s3.list_objects_v2(Bucket=bucket).get("Contents"), "probe object left behind"
-    assert (
-        make_claimer("auto", s3_server.client(), bucket, PREFIX, owner="x", lease_seconds=10).mode
-        == "conditional"
+    assert make_claimer("auto", store, bucket, PREFIX, owner="x", lease_seconds=10).mode == (
+        "conditional"
     )
+
+
+def test_versions_are_confirmed_by_observing_them(s3_server, s3, bucket):
+    store = edge(s3_server.endpoint_url)
+    with pytest.raises(ConfigError, match="does not keep object versions"):
+        make_claimer("versions", store, bucket, PREFIX, owner="x", lease_seconds=10)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    assert make_claimer("versions", store, bucket, PREFIX, owner="x", lease_seconds=10).mode == (
+        "versions"
+    )
+    left = s3.list_object_versions(Bucket=bucket)
+    assert not left.get("Versions") and not left.get("DeleteMarkers"), "probe versions left"
+
+
+@pytest.mark.parametrize("nth", [1, 2])
+def test_access_denied_during_the_probe_is_reported_as_such(s3_server, s3, bucket, nth):
+    """Denied on the first or on the second conditional create: never "no conditional writes"."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    proxy = FaultProxy(s3_server.port).start()
+    try:
+        proxy.add(Fault("status", method="PUT", status=403, code="AccessDenied", nth=nth))
+        with pytest.raises(ConfigError, match="access denied") as raised:
+            probe(edge(proxy.endpoint_url), bucket, PREFIX)
+    finally:
+        proxy.stop()
+    assert raised.value.key == "watch.coordination"
+
+
+@pytest.mark.parametrize("mode", ["conditional", "versions"])
+def test_access_denied_on_a_claim_is_access_denied(mode, s3_server, s3, bucket):
+    if mode == "versions":
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    proxy = FaultProxy(s3_server.port).start()
+    try:
+        proxy.add(Fault("status", status=403, code="AccessDenied", times=100))
+        endpoint = S3Settings(proxy.endpoint_url, "us-east-1")
+        kind = ConditionalClaimer if mode == "conditional" else VersionsClaimer
+        contender = kind(Store(make_client(endpoint)), bucket, PREFIX, owner="a", lease_seconds=9)
+        with pytest.raises(AccessDenied) as raised:
+            contender.claim(KEYS[0])
+    finally:
+        proxy.stop()
+    assert raised.value.code == "access_denied"
 
 
 def test_single_claimer_only_guards_this_process():

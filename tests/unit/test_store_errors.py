@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from watcher.errors import AccessDenied, MissingInput, StorageError
-from watcher.store import translate_client_error
+from watcher.store import NotImplementedByStore, PreconditionFailed, translate_client_error
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -28,7 +28,9 @@ def client_error(code: str, status: int) -> ClientError:
         ("InvalidAccessKeyId", 403, AccessDenied),
         ("SignatureDoesNotMatch", 403, AccessDenied),
         ("NoSuchBucket", 404, StorageError),
-        ("PreconditionFailed", 412, StorageError),
+        ("PreconditionFailed", 412, PreconditionFailed),
+        ("ConditionalRequestConflict", 409, PreconditionFailed),
+        ("NotImplemented", 501, NotImplementedByStore),
         ("SlowDown", 503, StorageError),
         ("InternalError", 500, StorageError),
     ],
@@ -45,3 +47,13 @@ def test_connection_errors_are_storage_errors():
         EndpointConnectionError(endpoint_url="http://x"), bucket="b", key="k"
     )
     assert error.code == "storage_error"
+
+
+def test_only_transient_failures_are_storage_errors():
+    """Retry loops retry StorageError; an answer such as 412 or 501 must never look like one."""
+    for code, status in (("PreconditionFailed", 412), ("NotImplemented", 501)):
+        error = translate_client_error(client_error(code, status), bucket="b", key="k")
+        assert not isinstance(error, StorageError)
+        assert error.code == "storage_error" and error.status == status
+    denied = translate_client_error(client_error("AccessDenied", 403), bucket="b", key="k")
+    assert denied.code == "access_denied"
