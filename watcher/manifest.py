@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from watcher.errors import InvalidManifest, TargetConflict
-from watcher.layout import MARKER_SUFFIXES
+from watcher.layout import MARKER_SUFFIXES  # a target must be none of these keys (§7.8)
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_ENTRIES = 100_000
@@ -26,8 +26,6 @@ MISSING_MODES = ("fail", "skip")
 _FIELDS = {"files", "target", "compression", "missing", "id"}
 _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _MAX_DEPTH = 64
-# What the daemon writes next to every target (CONTRACT §4.2, §4.4): a target must not be one of
-# these keys, and must leave room for the longest of them within the store's key limit (§7.8).
 # Unicode bidirectional embeddings, overrides and isolates: they make a name display as another
 # (``evil\u202etxt.exe`` shows as ``evilexe.txt``) (CONTRACT §7.9).
 _BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
