@@ -19,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from watcher.errors import WatcherError
-from watcher.intake import JOBS_SUBPREFIX, error_report_key, lookup_job
+from watcher.intake import lookup_job
+from watcher.layout import JOBS, error_report_key, filed_key
 from watcher.manifest import is_job_id
 from watcher.markers import result_key, status_key
 
@@ -166,7 +167,7 @@ def list_jobs(
     One listing of the job index, then the jobs' status markers read in parallel, a page at a
     time; with ``state`` the pages go on until ``limit`` jobs matched or the index is exhausted.
     """
-    index_prefix = f"{settings.watch.prefix}{JOBS_SUBPREFIX}"
+    index_prefix = f"{settings.watch.prefix}{JOBS}"
     listed = [
         Listed(obj.key[len(index_prefix) : -len(".json")], obj.last_modified)
         for obj in store.list_objects(settings.watch_bucket, index_prefix)
@@ -226,7 +227,7 @@ def retryable(view: dict) -> str | None:
 
 
 def failed_copy_key(prefix: str, manifest_key: str) -> str:
-    return f"{prefix}failed/{manifest_key[len(prefix) :]}"
+    return filed_key(prefix, manifest_key, succeeded=False)
 
 
 def retry_job(store: Store, settings: Settings, job_id: str) -> dict:
