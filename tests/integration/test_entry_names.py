@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import zipfile
 
-import pytest
 from conftest import put_objects, verify_zip
 
 from watcher.config import from_mapping
@@ -49,25 +48,26 @@ def test_an_empty_folder_object_becomes_a_directory_entry_that_extracts_as_one(
         assert (unzipped / "d/sub/b.txt").read_bytes() == b"beta"
 
 
-@pytest.mark.parametrize(
-    ("objects", "needle"),
-    [
-        ({"p/dir/": b"x" * 31}, "31 bytes"),
-        ({"p/a/./b": b"1"}, "'.' segment"),
-        ({"p/a//b": b"1"}, "empty segment"),
-        ({"p/caf\u00e9": b"1", "p/cafe\u0301": b"2"}, "used twice"),
-        ({"p/evil\u202etxt.exe": b"1"}, "bidirectional"),
-    ],
-    ids=["data under a folder key", "dot segment", "empty segment", "nfc twins", "bidi"],
-)
-def test_names_that_would_not_extract_as_written_fail_the_job_before_any_zip(
-    s3_server, s3, bucket, objects, needle
-):
-    put_objects(s3, bucket, objects)
-    outcome = run(s3_server, bucket, {"files": [{"prefix": "p/"}], "target": "o.zip"})
-    assert outcome.state == "failed"
-    assert outcome.error.code == "invalid_manifest" and needle in outcome.error.message
-    result = json.loads(s3.get_object(Bucket=bucket, Key="o.zip.result.json")["Body"].read())
-    assert result["error"]["code"] == "invalid_manifest"
+CASES = {
+    # case: (objects under its prefix, text the error message must contain)
+    "data under a folder key": ({"dir/": b"x" * 31}, "31 bytes"),
+    "dot segment": ({"a/./b": b"1"}, "'.' segment"),
+    "empty segment": ({"a//b": b"1"}, "empty segment"),
+    "nfc twins": ({"caf\u00e9": b"1", "cafe\u0301": b"2"}, "used twice"),
+    "bidi": ({"evil\u202etxt.exe": b"1"}, "bidirectional"),
+}
+
+
+def test_names_that_would_not_extract_as_written_fail_the_job_before_any_zip(s3_server, s3, bucket):
+    for n, (case, (objects, needle)) in enumerate(CASES.items()):
+        put_objects(s3, bucket, {f"p{n}/{key}": body for key, body in objects.items()})
+        outcome = run(s3_server, bucket, {"files": [{"prefix": f"p{n}/"}], "target": f"o{n}.zip"})
+        assert outcome.state == "failed", case
+        assert outcome.error.code == "invalid_manifest", case
+        assert needle in outcome.error.message, (case, outcome.error.message)
+        result = json.loads(
+            s3.get_object(Bucket=bucket, Key=f"o{n}.zip.result.json")["Body"].read()
+        )
+        assert result["error"]["code"] == "invalid_manifest", case
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert "o.zip" not in keys
+    assert not [k for k in keys if k.endswith(".zip")], keys

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 
@@ -87,43 +86,6 @@ def test_every_rejected_manifest_leaves_a_failed_marker_or_an_error_report(
     assert daemon.proc.poll() is None
 
 
-def test_a_job_id_names_one_content_the_same_again_is_not_run_and_other_content_fails(
-    s3, bucket, tmp_path, daemons
-):
-    put_objects(s3, bucket, {"a.txt": b"alpha", "b.txt": b"beta"})
-    first = {"files": ["a.txt"], "target": "out/a.zip", "id": "shared-1"}
-    drop(s3, bucket, "first", first)
-    daemon = daemons(write_config(tmp_path / "c.yaml"))
-    wait_until(lambda: result_of(s3, bucket, "out/a.zip"), 60, "the first job's result")
-    first_result = result_of(s3, bucket, "out/a.zip")
-    assert first_result["state"] == "succeeded" and first_result["job_id"] == "shared-1"
-
-    # The same id and content under another name (keys in another order): the same job.
-    drop(s3, bucket, "again", {"id": "shared-1", "target": "out/a.zip", "files": ["a.txt"]})
-    # The same id, other content: refused, with a failed marker at its own target.
-    drop(s3, bucket, "other", {"files": ["b.txt"], "target": "out/b.zip", "id": "shared-1"})
-    wait_until(
-        lambda: (
-            {f"{PREFIX}done/again.json", f"{PREFIX}failed/other.json"}
-            <= set(list_keys(s3, bucket, PREFIX))
-        ),
-        60,
-        "both manifests filed",
-    )
-    other = result_of(s3, bucket, "out/b.zip")
-    assert other["state"] == "failed" and other["error"]["code"] == "id_conflict", other
-    assert other["job_id"] == "shared-1" and other["manifest"] == f"{PREFIX}other.json"
-    assert "out/b.zip" not in list_keys(s3, bucket, "out/")
-    assert result_of(s3, bucket, "out/a.zip") == first_result, "the first job ran again"
-    check_zip(s3, bucket, "out/a.zip", {"a.txt": b"alpha"}, tmp_path)
-    index = read_json(s3, bucket, f"{PREFIX}.jobs/shared-1.json")
-    assert index["target"] == "out/a.zip"
-    started = [e for e in daemon.events() if e.get("event") == "job_started"]
-    assert [e["manifest"] for e in started] == [f"{PREFIX}first.json"], started
-    time.sleep(0.5)
-    assert daemon.proc.poll() is None
-
-
 def post_job(port: int, manifest: dict) -> tuple[int, dict]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/jobs",
@@ -143,7 +105,7 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_posting_an_id_again_answers_200_for_the_same_content_and_409_for_other_content(
+def test_a_job_id_is_an_idempotency_key_over_http_and_for_dropped_manifests(
     s3, bucket, tmp_path, daemons
 ):
     put_objects(s3, bucket, {"a.txt": b"alpha", "b.txt": b"beta"})
@@ -155,9 +117,11 @@ def test_posting_an_id_again_answers_200_for_the_same_content_and_409_for_other_
 
     status, first = post_job(port, manifest)
     assert status == 202 and first["job_id"] == "order-7", first
+    # The same id and content (fields in another order): the same job, 200.
     status, again = post_job(port, {"id": "order-7", "target": "out/a.zip", "files": ["a.txt"]})
     assert status == 200, again
     assert (again["job_id"], again["target"]) == ("order-7", "out/a.zip")
+    # The same id, other content: 409.
     status, other = post_job(port, {**manifest, "files": ["b.txt"]})
     assert status == 409 and other["error"]["code"] == "id_conflict", other
 
@@ -165,11 +129,32 @@ def test_posting_an_id_again_answers_200_for_the_same_content_and_409_for_other_
     result = result_of(s3, bucket, "out/a.zip")
     assert result["state"] == "succeeded" and result["job_id"] == "order-7"
     check_zip(s3, bucket, "out/a.zip", {"a.txt": b"alpha"}, tmp_path)
-    # Once it has run, the same submission is still the same job, and runs no more.
+
+    # Dropped by hand: the same id and content under another name is filed without running;
+    # other content fails with id_conflict, its failed marker at its own target.
+    drop(s3, bucket, "again", {"id": "order-7", "files": ["a.txt"], "target": "out/a.zip"})
+    drop(s3, bucket, "other", {"files": ["b.txt"], "target": "out/b.zip", "id": "order-7"})
+    wait_until(
+        lambda: (
+            {f"{PREFIX}done/again.json", f"{PREFIX}failed/other.json"}
+            <= set(list_keys(s3, bucket, PREFIX))
+        ),
+        60,
+        "both dropped manifests filed",
+    )
+    conflict = result_of(s3, bucket, "out/b.zip")
+    assert conflict["state"] == "failed" and conflict["error"]["code"] == "id_conflict", conflict
+    assert conflict["job_id"] == "order-7" and conflict["manifest"] == f"{PREFIX}other.json"
+    assert "out/b.zip" not in list_keys(s3, bucket, "out/")
+    # Once it has run, the same submission is still the same job.
     status, late = post_job(port, manifest)
     assert status == 200 and late["job_id"] == "order-7", late
-    time.sleep(2)
+
     started = [e for e in daemon.events() if e.get("event") == "job_started"]
-    assert len(started) == 1, started
-    assert result_of(s3, bucket, "out/a.zip") == result
+    assert [e["manifest"] for e in started] == [f"{PREFIX}order-7.json"], started
+    assert result_of(s3, bucket, "out/a.zip") == result, "the job ran again"
+    check_zip(s3, bucket, "out/a.zip", {"a.txt": b"alpha"}, tmp_path)
+    assert read_json(s3, bucket, f"{PREFIX}.jobs/order-7.json")["manifest"] == (
+        f"{PREFIX}order-7.json"
+    )
     assert daemon.proc.poll() is None
