@@ -485,3 +485,13 @@ def test_guess_target_agrees_with_the_parser_on_valid_json(value):
     except (InvalidManifest, TargetConflict):
         return
     assert guess_target(raw, requests_prefix=PREFIX) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=20), max_size=30), st.data())
+def test_guess_target_finds_a_leading_target_in_any_head_of_the_manifest(keys, data):
+    # The first bytes of an oversized manifest: cut anywhere after the target's value.
+    raw = json.dumps({"target": "out/\u00e9 x.zip", "files": keys}, ensure_ascii=False).encode()
+    end = len(json.dumps({"target": "out/\u00e9 x.zip"}, ensure_ascii=False).encode()) - 1
+    cut = data.draw(st.integers(min_value=end, max_value=len(raw)))
+    assert guess_target(raw[:cut], requests_prefix=PREFIX) == "out/\u00e9 x.zip"
