@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
+from botocore.exceptions import EndpointConnectionError
 
 from bench.run import WORK, peak_rss_kib, random_bytes, text_bytes
 from bench.servers import free_port
@@ -37,7 +38,6 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(2)
         s3 = boto3.client(
             "s3",
             endpoint_url=env["AWS_ENDPOINT_URL"],
@@ -45,7 +45,15 @@ def main() -> int:
             aws_access_key_id="k",
             aws_secret_access_key="s",
         )
-        s3.create_bucket(Bucket="onegib")
+        deadline = time.monotonic() + 60  # moto starts slowly on a busy machine
+        while True:
+            try:
+                s3.create_bucket(Bucket="onegib")
+                break
+            except EndpointConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         keys = [f"in/{i:02d}.{'csv' if i % 2 else 'bin'}" for i in range(16)]
 
         def put(i: int) -> None:

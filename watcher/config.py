@@ -90,6 +90,9 @@ class PipelineSettings:
     max_parallel_gets: int = 32
     upload_concurrency: int = 3
     part_size_mib: int = 0
+    # server-side assembly and the CRC cache (CONTRACT §11)
+    copy_min_mib: int = 16
+    crc_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "part_size_mib": Key(
             int, lambda v: None if v == 0 or 5 <= v <= 5120 else "must be 0 (automatic) or 5-5120"
         ),
+        "copy_min_mib": Key(int, lambda v: None if v >= 0 else "must be 0 (never) or more"),
+        "crc_cache": Key(bool),
     },
     "logging": {
         "level": Key(str, _level_name, ("LOGLEVEL",)),

@@ -20,9 +20,10 @@ import structlog
 
 from watcher import intake
 from watcher.errors import IdConflict, InternalError, JobCancelled, JobError
+from watcher.layout import crc_prefix
 from watcher.manifest import guess_id, guess_target, job_id_for, parse_manifest
 from watcher.markers import JobInfo, MarkerWriter, Progress
-from watcher.pipeline import MiB, PipelineLimits, write_zip
+from watcher.pipeline import CrcCache, MiB, PipelineLimits, write_zip
 from watcher.plan import build_plan
 
 if TYPE_CHECKING:
@@ -50,6 +51,12 @@ def limits_from(settings: Settings) -> PipelineLimits:
         max_parallel_gets=pipeline.max_parallel_gets,
         upload_concurrency=pipeline.upload_concurrency,
         minimum_part=(pipeline.part_size_mib or 8) * MiB,
+        copy_min_bytes=pipeline.copy_min_mib * MiB,
+        crc_cache=(
+            CrcCache(settings.watch_bucket, crc_prefix(settings.watch.prefix))
+            if pipeline.crc_cache and settings.watch_bucket
+            else None
+        ),
     )
 
 

@@ -1,33 +1,39 @@
-"""Plan entries → stream-zip → multipart parts, with every stage overlapped and memory bounded.
+"""Plan entries → ZIP members → multipart parts, every stage overlapped and memory bounded.
 
-Three kinds of threads work at once:
+The archive's layout is ours (:mod:`watcher.zipframe`), so each member is written the way its
+bytes allow, in archive order, by the calling thread (:func:`write_zip`):
 
-* fetchers (``max_parallel_gets``) GET the upcoming entries in archive order and queue their
-  chunks; all queued bytes together stay under ``read_ahead_bytes`` — except for the entry being
-  zipped right now, which may always proceed, so the window can never deadlock;
-* the calling thread runs stream-zip over those chunks; deflated entries arrive compressed: each
-  fetcher deflates its entry in 1 MiB chunks on a :class:`~watcher.deflate.DeflatePool` of one
-  thread per core, so one big entry uses every core (levels and libraries: :mod:`watcher.deflate`);
-* uploaders (``upload_concurrency``) send finished parts; a semaphore caps the part buffers alive.
+* **small** members (at most :data:`BUFFER_LIMIT` of input) arrive whole from the read-ahead —
+  stored as read, or already deflated by the fetch thread — and get a header with their CRC-32
+  and sizes: no data descriptor;
+* **large deflated** members are streamed: header, the pieces as the fetch thread compresses
+  them, then a data descriptor (ZIP64 only for a member that may reach 4 GiB);
+* **large stored** members are never read by the read-ahead. Their version is pinned (one HEAD),
+  their CRC-32 comes from parallel ranged GETs combined with ``crc32_combine`` (or from the CRC
+  cache), and then their bytes are placed **server-side** with ``UploadPartCopy`` when they are
+  at least ``copy_min_bytes`` — only a few MiB at their head are uploaded, to keep every part
+  above the store's minimum — or streamed by a pinned GET otherwise. A store that refuses
+  ``UploadPartCopy`` gets streaming for the rest of the job; the archive's bytes are the same.
 
-Peak memory is therefore about ``read_ahead_bytes + HEAD_ALLOWANCE + (upload_concurrency + 1) ×
-part size`` (32 + 8 + 4 × 9 MiB with the defaults, ~140 MiB RSS in all), plus the deflate pool's
-``2 × cores`` chunks in flight (each ≤ 2 MiB + 32 KiB), whatever the archive's size. An archive
-that fits in its first part is sent with one PutObject; anything larger goes through a multipart
-upload that is aborted on any failure.
-
-Compression (``compression: auto``) is decided per entry by :func:`choose_method`. A truly STORED
-entry needs its CRC-32 before its bytes (stream-zip buffers it otherwise), so: stored entries up
-to :data:`STORE_BUFFER_LIMIT` are buffered (no more than the head allowance holds anyway); larger
-entries that ``auto`` finds incompressible are deflated at ISA-L's fastest level, which costs
-0.01 % over their size at several hundred MB/s; larger entries under an explicit
-``compression: store`` get a CRC pass (one extra GET) and are then streamed stored.
+Threads: fetchers (``max_parallel_gets``) GET upcoming small and deflated entries in archive
+order, computing CRC-32 and handing deflated entries in 1 MiB chunks to a
+:class:`~watcher.deflate.DeflatePool` (one thread per core: the one compression seam, so one big
+member uses every core), with all queued bytes under
+``read_ahead_bytes`` (the entry being written may always queue :data:`HEAD_ALLOWANCE` of its own,
+so the window cannot deadlock); CRC readers (:data:`CRC_PARALLEL`) read large stored members
+once; uploaders (``upload_concurrency``, a semaphore on part buffers) send parts, and copy
+requests run beside them (:data:`COPY_CONCURRENCY`). Peak memory is about ``read_ahead_bytes +
+2 × HEAD_ALLOWANCE + (upload_concurrency + 1) × part size``, plus the deflate pool's ``2 × cores``
+chunks in flight (each ≤ 2 MiB + 32 KiB), whatever the archive's size.
+An archive that fits in its first part is sent with one PutObject; anything larger goes through
+a multipart upload that is aborted on any failure.
 """
 
 from __future__ import annotations
 
 import collections
-import stat
+import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,40 +41,50 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from stream_zip import (
-    NO_COMPRESSION_32,
-    NO_COMPRESSION_64,
-    ZIP_32,
-    ZIP_64,
-    ZipIntegrityError,
-    stream_zip,
-)
+from isal import isal_zlib
 
 from watcher.deflate import ChunkedDeflater, DeflatePool, crc32
 from watcher.deflate import compressobj as _compressobj
 from watcher.errors import InternalError, JobCancelled, JobError, MissingInput, StorageError
 from watcher.markers import EntryResult, Progress
+from watcher.store import CopyRefused
+from watcher.zipframe import (
+    DEFLATED,
+    LIMIT32,
+    STORED,
+    Directory,
+    FrameError,
+    Member,
+    Written,
+    data_descriptor,
+    local_header,
+)
 
 if TYPE_CHECKING:
     from watcher.plan import Entry, Plan
-    from watcher.store import MultipartUpload, Store
+    from watcher.store import MultipartUpload, Pinned, Store
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MIN_PART = 8 * MiB
 MAX_PART = 5 * GiB
 MAX_PARTS = 10_000
+# The smallest part every S3-compatible store takes (S3: 5 MiB; B2: 5,000,000 bytes): what the
+# uploaded part before a copied member must reach.
+STORE_MIN_PART = 5 * MiB
 READ_CHUNK = 1 * MiB
 HEAD_ALLOWANCE = 8 * MiB
-# A buffered stored entry is the head entry's bytes held at once: no more than its allowance, so
-# buffering never adds to the memory bound.
-STORE_BUFFER_LIMIT = HEAD_ALLOWANCE
+# A small member is held whole before its header is written: no more than the head's allowance,
+# so holding it never adds to the memory bound. At least 8 MiB (CONTRACT §10).
+BUFFER_LIMIT = HEAD_ALLOWANCE
+CRC_RANGE = 32 * MiB
+CRC_PARALLEL = 8
+CRC_CHUNK = 256 * 1024
+COPY_PIECE = 128 * MiB
+COPY_CONCURRENCY = 4
 SAMPLE_BYTES = 64 * 1024
-ZIP32_LIMIT = 0xFFFFFFFF
-ZIP32_ENTRIES = 0xFFFF
-FILE_MODE = stat.S_IFREG | 0o644
 ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
-# Extended (UNIX) timestamps are signed 32-bit seconds; stream-zip writes them.
+# Extended (UNIX) timestamps are signed 32-bit seconds.
 UNIX32_END = datetime(2038, 1, 19, 3, 14, 6, tzinfo=UTC)
 
 STORED_EXTENSIONS = frozenset(
@@ -98,6 +114,23 @@ def part_size(known_bytes: int, part_number: int, minimum: int = MIN_PART) -> in
     return min(MAX_PART, max(base, minimum << ((part_number - 1) // 1000)))
 
 
+def copy_head(buffered: int, size: int, floor: int = STORE_MIN_PART) -> int | None:
+    """How many of a member's first bytes go up with the ``buffered`` bytes before it, so that
+    the uploaded part and the copied rest both reach ``floor``; None when the member is too
+    small to be copied at all."""
+    head = max(0, floor - buffered)
+    return head if size - head >= floor else None
+
+
+def copy_pieces(start: int, end: int, piece: int) -> list[tuple[int, int]]:
+    """``[start, end)`` cut into near-equal ranges of at least ``piece`` bytes (one range when
+    shorter) and at most 5 GiB each."""
+    length = end - start
+    count = max(1, length // max(piece, 1), -(-length // MAX_PART))
+    bounds = [start + length * i // count for i in range(count + 1)]
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
 def extension(name: str) -> str:
     base = name.rsplit("/", 1)[-1]
     return base.rsplit(".", 1)[-1].lower() if "." in base else ""
@@ -115,6 +148,28 @@ def choose_method(name: str, sample: bytes) -> str:
     return "store" if packed > 0.95 * min(len(sample), SAMPLE_BYTES) else "deflate"
 
 
+def stored_by_name(compression: str, name: str) -> bool:
+    """Whether an entry is stored whatever its bytes: decided before reading any of them."""
+    return compression == "store" or (
+        compression == "auto" and extension(name) in STORED_EXTENSIONS
+    )
+
+
+def decide(compression: str, level: int, name: str, first: bytes) -> tuple[str, int]:
+    """(method, deflate level) of one entry, from the job's setting and its first bytes.
+
+    ``auto`` stores what is already compressed at any size (CONTRACT §10): no deflate pass over
+    incompressible bytes.
+    """
+    if compression == "store":
+        return "store", 0
+    if compression == "deflate":
+        return "deflate", level
+    if first and choose_method(name, first) == "deflate":
+        return "deflate", level
+    return "store", 0
+
+
 def clamp_mtime(moment: datetime | None) -> datetime:
     """A timestamp the ZIP can hold: DOS time starts in 1980, UNIX extra time ends in 2038."""
     if moment is None:
@@ -124,15 +179,20 @@ def clamp_mtime(moment: datetime | None) -> datetime:
     return min(max(moment.astimezone(UTC), ZIP_EPOCH), UNIX32_END)
 
 
+def crc32_combine(first: int, second: int, second_length: int) -> int:
+    """CRC-32 of A + B from the CRC-32s of A and of B (B ``second_length`` bytes long)."""
+    return isal_zlib.crc32_combine(first, second, second_length)
+
+
 # -- read-ahead -------------------------------------------------------------------------------
 
 
 class _Budget:
     """Bytes queued by fetchers, capped at ``limit``.
 
-    The entry being zipped (the head) does not count against the cap — it may always queue up to
-    ``head_allowance`` of its own — so the window can never deadlock with later entries holding
-    the whole budget, and memory stays bounded by ``limit + head_allowance``.
+    The entry being written (the head) does not count against the cap — it may always queue up
+    to ``head_allowance`` of its own — so the window can never deadlock with later entries
+    holding the whole budget, and memory stays bounded by ``limit + head_allowance``.
     """
 
     def __init__(self, limit: int, head_allowance: int = HEAD_ALLOWANCE) -> None:
@@ -182,54 +242,38 @@ _END = object()
 
 @dataclass
 class _Fetch:
-    """One entry's GET, read (and, for deflated entries, compressed) by a fetch thread.
+    """One entry as a fetch thread reads it: the pieces to write (raw bytes when stored, deflate
+    output when deflated), each with the count of input bytes it stands for.
 
-    Compressing where the bytes arrive spreads deflate over as many cores as there are entries
-    in flight; the zipping thread then only passes the compressed pieces through, in order.
+    ``large_stored`` entries are not read here at all: :class:`_Archive` pins, CRCs and places
+    them itself.
     """
 
     index: int
     entry: Entry
     opened: threading.Event = field(default_factory=threading.Event)
-    chunks: collections.deque = field(default_factory=collections.deque)
+    pieces: collections.deque = field(default_factory=collections.deque)
     ready: threading.Condition = field(default_factory=threading.Condition)
     size: int | None = None
     last_modified: datetime | None = None
-    etag: str | None = None
     method: str = "deflate"
     level: int = 1
-    compressed: collections.deque = field(default_factory=collections.deque)
-    tail: bytes = b""
-    crc: int = 0  # of the raw bytes: as read (stored) or once deflated to the end (deflate)
+    large_stored: bool = False
+    crc: int = 0  # of the raw bytes read so far
     error: BaseException | None = None
 
     def put(self, item: object) -> None:
         with self.ready:
-            self.chunks.append(item)
+            self.pieces.append(item)
             self.ready.notify()
 
     def get(self, cancelled: Callable[[], bool]) -> object:
         with self.ready:
-            while not self.chunks:
+            while not self.pieces:
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
                 self.ready.wait(0.5)
-            return self.chunks.popleft()
-
-
-def decide(compression: str, level: int, name: str, first: bytes, size: int) -> tuple[str, int]:
-    """(method, deflate level) of one entry, from the job's setting and its first bytes.
-
-    ``auto`` stores what is already compressed when it is small enough to buffer for its CRC;
-    bigger incompressible entries are deflated at the fastest level instead (+0.01 %).
-    """
-    if compression == "store":
-        return "store", 0
-    if compression == "deflate":
-        return "deflate", level
-    if choose_method(name, first) == "deflate":
-        return "deflate", level
-    return ("store", 0) if size <= STORE_BUFFER_LIMIT else ("deflate", 1)
+            return self.pieces.popleft()
 
 
 class _ReadAhead:
@@ -267,50 +311,61 @@ class _ReadAhead:
     def _run(self, fetch: _Fetch) -> None:
         """GET one entry; every chunk's memory is reserved in the budget *before* it is read."""
         held = 0
+        entry, plan = fetch.entry, self.plan
         compressor: ChunkedDeflater | None = None
         try:
             if self.budget.closed:
                 return
-            with self.store.open_object(self.bucket, fetch.entry.key) as reader:
+            by_name = stored_by_name(plan.compression, entry.name)
+            if by_name and entry.size is not None and entry.size > BUFFER_LIMIT:
+                fetch.method, fetch.large_stored = "store", True
+                return
+            with self.store.open_object(self.bucket, entry.key) as reader:
                 fetch.size = reader.size
                 fetch.last_modified = reader.last_modified
-                fetch.etag = reader.etag
+                if by_name and reader.size > BUFFER_LIMIT:
+                    fetch.method, fetch.large_stored = "store", True
+                    return
                 # a raw chunk and its compressed piece, at the very worst
                 reserve = 2 * min(READ_CHUNK, reader.size) + 4096
                 self.budget.acquire(fetch.index, reserve)
                 held = reserve
                 chunks = reader.iter_chunks(READ_CHUNK)
                 chunk = next(chunks, b"")
-                fetch.method, fetch.level = decide(
-                    self.plan.compression, self.plan.level, fetch.entry.name, chunk, reader.size
-                )
+                fetch.method, fetch.level = decide(plan.compression, plan.level, entry.name, chunk)
+                if fetch.method == "store" and reader.size > BUFFER_LIMIT:
+                    fetch.large_stored = True
+                    return
                 fetch.opened.set()
                 if fetch.method == "deflate":
                     compressor = ChunkedDeflater(fetch.level, self.deflate_pool)
                 while chunk:
                     if compressor is not None:
-                        packed = compressor.feed(chunk)  # computes the CRC-32 too
+                        piece = compressor.feed(chunk)  # computes the CRC-32 too
                     else:
-                        fetch.crc, packed = crc32(chunk, fetch.crc), b""
-                    self.budget.release(fetch.index, held - len(chunk) - len(packed))
+                        fetch.crc, piece = crc32(chunk, fetch.crc), chunk
+                    self.budget.release(fetch.index, held - len(piece))
                     held = 0
                     if self.budget.closed:
                         return
-                    fetch.put((chunk, packed))  # the consumer releases its bytes
+                    fetch.put((piece, len(chunk)))  # the consumer releases its bytes
                     self.budget.acquire(fetch.index, reserve)
                     held = reserve
                     chunk = next(chunks, b"")
                 if compressor is not None:
-                    fetch.tail = compressor.finish()
+                    tail = compressor.finish()
                     fetch.crc = compressor.crc
+                    self.budget.release(fetch.index, held - len(tail))
+                    held = 0
+                    fetch.put((tail, 0))
         except BaseException as exc:  # handed to the consumer, which decides
             fetch.error = exc
-            fetch.opened.set()
         finally:
             if compressor is not None:
                 compressor.close()  # gives back its chunks still in the pool, if it failed
             if held:
                 self.budget.release(fetch.index, held)
+            fetch.opened.set()
             fetch.put(_END)
 
     def take(self, index: int) -> _Fetch:
@@ -323,18 +378,17 @@ class _ReadAhead:
                 raise JobCancelled("the job was cancelled")
         return fetch
 
-    def chunks(self, fetch: _Fetch) -> Iterator[bytes]:
-        """The entry's raw bytes; the compressed piece of each waits in ``fetch.compressed``."""
+    def pieces(self, fetch: _Fetch) -> Iterator[tuple[bytes, int]]:
+        """(piece, input bytes it stands for) in order, until the entry is read."""
         while True:
             item = fetch.get(self.cancelled)
             if item is _END:
                 if fetch.error is not None:
                     raise fetch.error
                 return
-            raw, packed = item  # type: ignore[misc]
-            self.budget.release(fetch.index, len(raw) + len(packed))
-            fetch.compressed.append(packed)
-            yield raw
+            piece, raw = item  # type: ignore[misc]
+            self.budget.release(fetch.index, len(piece))
+            yield piece, raw
 
     def close(self) -> None:
         self.budget.close()
@@ -342,11 +396,116 @@ class _ReadAhead:
         self.deflate_pool.close()
 
 
+# -- large stored members: pinned ranged reads ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrcCache:
+    """Where stored members' CRC-32s are kept (``pipeline.crc_cache``, CONTRACT §11): one small
+    JSON object per (bucket, key, ETag, size) under ``prefix`` in ``bucket``.
+
+    An entry is only ever used for a source pinned to that same ETag (by its version or by
+    ``If-Match``), so a stale entry cannot put other bytes under its CRC; a streamed member's
+    CRC is checked again as its bytes pass.
+    """
+
+    bucket: str
+    prefix: str
+
+    def key_for(self, source: Pinned) -> str:
+        identity = "\n".join((source.bucket, source.key, source.etag, str(source.size)))
+        return f"{self.prefix}{hashlib.sha256(identity.encode()).hexdigest()}.json"
+
+    @staticmethod
+    def document(source: Pinned, crc: int) -> dict[str, Any]:
+        return {
+            "bucket": source.bucket,
+            "key": source.key,
+            "etag": source.etag,
+            "size": source.size,
+            "crc32": crc,
+        }
+
+    def lookup(self, store: Store, source: Pinned) -> int | None:
+        """The cached CRC-32 of exactly this source, or None (absent, unreadable, other)."""
+        try:
+            raw = store.get_bytes(self.bucket, self.key_for(source), max_bytes=64 * 1024)
+            entry = json.loads(raw) if raw is not None else None
+        except (JobError, ValueError):
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("crc32"), int):
+            return None
+        if entry != self.document(source, entry["crc32"]):
+            return None
+        return entry["crc32"]
+
+    def keep(self, store: Store, source: Pinned, crc: int) -> None:
+        """Best effort: a cache that cannot be written costs a later job one read, no more."""
+        try:
+            store.put_json(self.bucket, self.key_for(source), self.document(source, crc))
+        except JobError:
+            pass
+
+
+class _Sources:
+    """Large stored members read by ranged GETs of their pinned version: the CRC pass in
+    parallel ranges (CRC-32s combined, or the CRC cache's entry), the streaming path in order."""
+
+    def __init__(
+        self,
+        store: Store,
+        progress: Progress,
+        cancelled: Callable[[], bool],
+        parallel: int,
+        cache: CrcCache | None,
+    ) -> None:
+        self.store = store
+        self.progress = progress
+        self.cancelled = cancelled
+        self.cache = cache
+        self.pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="crc")
+
+    def _crc_range(self, source: Pinned, span: tuple[int, int]) -> int:
+        value = 0
+        for chunk in self.store.read_range(source, *span, chunk_size=CRC_CHUNK):
+            if self.cancelled():
+                raise JobCancelled("the job was cancelled")
+            value = crc32(chunk, value)
+            self.progress.add(bytes_read=len(chunk))
+        return value
+
+    def crc(self, source: Pinned) -> int:
+        if self.cache is not None:
+            cached = self.cache.lookup(self.store, source)
+            if cached is not None:
+                return cached
+        spans = copy_pieces(0, source.size, CRC_RANGE) if source.size else []
+        value = 0
+        for (start, end), part in zip(
+            spans, self.pool.map(lambda s: self._crc_range(source, s), spans), strict=True
+        ):
+            value = crc32_combine(value, part, end - start)
+        if self.cache is not None:
+            self.cache.keep(self.store, source, value)
+        return value
+
+    def chunks(self, source: Pinned, start: int, end: int) -> Iterator[bytes]:
+        for chunk in self.store.read_range(source, start, end, chunk_size=READ_CHUNK):
+            if self.cancelled():
+                raise JobCancelled("the job was cancelled")
+            self.progress.add(bytes_read=len(chunk))
+            yield chunk
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 # -- upload -----------------------------------------------------------------------------------
 
 
 class _PartWriter:
-    """Collects ZIP bytes into parts and uploads them concurrently, in bounded memory."""
+    """Archive bytes into parts — uploaded, or copied by the store from a source's range — sent
+    concurrently in bounded memory. Every part but the last is at least the store's minimum."""
 
     def __init__(
         self,
@@ -366,20 +525,22 @@ class _PartWriter:
         self.minimum_part = minimum_part
         self.progress = progress
         self.slots = threading.Semaphore(max(1, concurrency))
-        self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="put")
+        self.copy_slots = threading.Semaphore(COPY_CONCURRENCY)
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, concurrency) + COPY_CONCURRENCY, thread_name_prefix="put"
+        )
         self.futures: list[Future] = []
         self.upload: MultipartUpload | None = None
         self.buffer: list[bytes] = []
         self.buffered = 0
         self.part_number = 1
-        self.total = 0
+        self.copy_refused = False
+        self.copies = 0
 
     def write(self, data: bytes) -> None:
         self.buffer.append(data)
         self.buffered += len(data)
-        self.total += len(data)
-        limit = part_size(self.known_bytes, self.part_number, self.minimum_part)
-        if self.buffered >= limit:
+        if self.buffered >= part_size(self.known_bytes, self.part_number, self.minimum_part):
             self._flush_part()
 
     def _check(self) -> None:
@@ -387,24 +548,66 @@ class _PartWriter:
             future.result()
             self.futures.remove(future)
 
-    def _flush_part(self) -> None:
-        self._check()
+    def _started(self) -> MultipartUpload:
         if self.upload is None:
             self.upload = self.store.multipart(self.bucket, self.key).__enter__()
+        return self.upload
+
+    def _flush_part(self) -> None:
+        self._check()
+        upload = self._started()
         # A slot first, then the join: a waiting part stays in pieces, never in two copies.
         self.slots.acquire()
         body = b"".join(self.buffer)
         self.buffer, self.buffered = [], 0
         number, self.part_number = self.part_number, self.part_number + 1
-        self.futures.append(self.pool.submit(self._send, number, body))
+        self.futures.append(self.pool.submit(self._send, upload, number, body))
 
-    def _send(self, number: int, body: bytes) -> None:
+    def _send(self, upload: MultipartUpload, number: int, body: bytes) -> None:
         try:
-            assert self.upload is not None
-            self.upload.upload_part(number, body)
+            upload.upload_part(number, body)
             self.progress.add(bytes_written=len(body))
         finally:
             self.slots.release()
+
+    def copy(self, source: Pinned, start: int, end: int) -> bool:
+        """Place ``[start, end)`` of ``source`` here by part copies; False, having placed
+        nothing, when the store refuses them (then it is never asked again in this job).
+
+        The caller has made the buffered bytes reach the store's minimum (:func:`copy_head`).
+        """
+        if self.copy_refused:
+            return False
+        if self.buffered:
+            self._flush_part()
+        upload = self._started()
+        piece = max(COPY_PIECE, part_size(self.known_bytes, self.part_number, self.minimum_part))
+        spans = copy_pieces(start, end, piece)
+        if not self.copies:  # the first copy of the job tells whether the store does them
+            try:
+                upload.copy_part(self.part_number, source, *spans[0])
+            except CopyRefused:
+                self.copy_refused = True
+                return False
+            self.part_number += 1
+            self.progress.add(bytes_written=spans[0][1] - spans[0][0])
+            spans = spans[1:]
+        self.copies += 1
+        for span in spans:
+            self._check()
+            self.copy_slots.acquire()
+            number, self.part_number = self.part_number, self.part_number + 1
+            self.futures.append(self.pool.submit(self._copy, upload, number, source, span))
+        return True
+
+    def _copy(
+        self, upload: MultipartUpload, number: int, source: Pinned, span: tuple[int, int]
+    ) -> None:
+        try:
+            upload.copy_part(number, source, *span)
+            self.progress.add(bytes_written=span[1] - span[0])
+        finally:
+            self.copy_slots.release()
 
     def finish(self) -> None:
         """Send what is left and make the object visible, all at once."""
@@ -433,41 +636,152 @@ class _PartWriter:
 # -- the archive ------------------------------------------------------------------------------
 
 
-@dataclass
-class _Member:
-    """The entry stream-zip is working on."""
-
-    entry: Entry
-    fetch: _Fetch
-    compressed: int = 0
-    size: int = 0
-    crc: int = 0
-
-
-class _Precompressed:
-    """What stream-zip takes for a compressor: hands back, in order, the pieces the fetch thread
-    compressed for each raw chunk, and counts them for the result marker."""
-
-    def __init__(self, member: _Member) -> None:
-        self._member = member
-
-    def compress(self, data: bytes) -> bytes:
-        out = self._member.fetch.compressed.popleft()
-        self._member.compressed += len(out)
-        return out
-
-    def flush(self) -> bytes:
-        out = self._member.fetch.tail
-        self._member.compressed += len(out)
-        return out
-
-
 @dataclass(frozen=True)
 class PipelineLimits:
     read_ahead_bytes: int = 32 * MiB
     max_parallel_gets: int = 32
     upload_concurrency: int = 3
     minimum_part: int = MIN_PART
+    # Large stored members of at least this many bytes are copied server-side; 0: never.
+    copy_min_bytes: int = 16 * MiB
+    copy_floor: int = STORE_MIN_PART
+    crc_cache: CrcCache | None = None
+
+
+class _Archive:
+    """Writes the members one after the other, in archive order, and then the directory."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        store: Store,
+        bucket: str,
+        reads: _ReadAhead,
+        sources: _Sources,
+        writer: _PartWriter,
+        progress: Progress,
+        limits: PipelineLimits,
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.bucket = bucket
+        self.reads = reads
+        self.sources = sources
+        self.writer = writer
+        self.progress = progress
+        self.limits = limits
+        self.directory = Directory()
+        self.offset = 0
+
+    def _emit(self, data: bytes) -> None:
+        self.writer.write(data)
+        self.offset += len(data)
+
+    def write(self) -> None:
+        for index, entry in enumerate(self.plan.entries):
+            fetch = self.reads.take(index)
+            if fetch.large_stored:
+                self._large_stored(entry)
+            elif fetch.error is not None and fetch.size is None:
+                self._missing(entry, fetch.error)
+            elif fetch.method == "store" or (fetch.size or 0) <= BUFFER_LIMIT:
+                self._whole(entry, fetch)
+            else:
+                self._streamed(entry, fetch)
+        if not len(self.directory):
+            raise MissingInput("every input was missing: no archive was written")
+        self.writer.write(self.directory.finish(self.offset))
+
+    def _missing(self, entry: Entry, error: BaseException) -> None:
+        """An input that could not be opened: left out under ``missing: skip``, else fatal."""
+        if isinstance(error, MissingInput) and self.plan.missing == "skip":
+            self.progress.skip(entry.key, "missing")
+            return
+        raise error
+
+    def _record(
+        self, key: str, member: Member, offset: int, crc: int, size: int, packed: int
+    ) -> None:
+        self.directory.add(Written(member, offset, crc, size, packed))
+        method = "deflate" if member.method == DEFLATED else "store"
+        self.progress.entry_done(EntryResult(member.name, key, size, packed, crc, method))
+
+    def _whole(self, entry: Entry, fetch: _Fetch) -> None:
+        """A member held whole first: its header can carry its CRC-32 and sizes."""
+        pieces, size = [], 0
+        for piece, raw in self.reads.pieces(fetch):
+            pieces.append(piece)
+            size += raw
+            self.progress.add(bytes_read=raw)
+        packed = sum(map(len, pieces))
+        method = DEFLATED if fetch.method == "deflate" else STORED
+        modified = clamp_mtime(entry.last_modified or fetch.last_modified)
+        member = Member(entry.name, modified, method, fetch.crc, size, packed)
+        offset = self.offset
+        self._emit(local_header(member))
+        for piece in pieces:
+            self._emit(piece)
+        self._record(entry.key, member, offset, fetch.crc, size, packed)
+
+    def _streamed(self, entry: Entry, fetch: _Fetch) -> None:
+        """A large deflated member: its pieces as they come, then a data descriptor."""
+        size = fetch.size or 0
+        large = size + size // 1000 + MiB >= LIMIT32
+        modified = clamp_mtime(entry.last_modified or fetch.last_modified)
+        member = Member(entry.name, modified, DEFLATED, large=large)
+        offset = self.offset
+        self._emit(local_header(member))
+        raw_total = packed = 0
+        for piece, raw in self.reads.pieces(fetch):
+            self._emit(piece)
+            packed += len(piece)
+            raw_total += raw
+            self.progress.add(bytes_read=raw)
+        self._emit(data_descriptor(member, fetch.crc, raw_total, packed))
+        self._record(entry.key, member, offset, fetch.crc, raw_total, packed)
+
+    def _large_stored(self, entry: Entry) -> None:
+        """Pinned, CRC'd by ranged reads, then copied server-side or streamed."""
+        try:
+            source = self.store.pin(self.bucket, entry.key)
+            crc = self.sources.crc(source)
+        except MissingInput as exc:  # nothing of the member is written yet
+            self._missing(entry, exc)
+            return
+        size = source.size
+        modified = clamp_mtime(entry.last_modified or source.last_modified)
+        member = Member(entry.name, modified, STORED, crc, size, size)
+        offset = self.offset
+        self._emit(local_header(member))
+        placed, streamed_crc = 0, 0
+        head = copy_head(self.writer.buffered, size, self.limits.copy_floor)
+        copy = (
+            self.limits.copy_min_bytes
+            and size >= self.limits.copy_min_bytes
+            and head is not None
+            and not self.writer.copy_refused
+        )
+        if copy:
+            assert head is not None
+            streamed_crc = self._stream(source, 0, head, streamed_crc)
+            if self.writer.copy(source, head, size):
+                placed = size
+                self.offset += size - head
+            else:
+                placed = head
+        if placed < size:
+            streamed_crc = self._stream(source, placed, size, streamed_crc)
+            if streamed_crc != crc:
+                raise StorageError(
+                    f"s3://{self.bucket}/{entry.key} changed while being read; run the job again"
+                )
+        self._record(entry.key, member, offset, crc, size, size)
+
+    def _stream(self, source: Pinned, start: int, end: int, crc: int) -> int:
+        for chunk in self.sources.chunks(source, start, end):
+            crc = crc32(chunk, crc)
+            self._emit(chunk)
+        return crc
 
 
 def write_zip(
@@ -481,7 +795,7 @@ def write_zip(
     limits: PipelineLimits = PipelineLimits(),
     cancel: Any = None,
 ) -> None:
-    """Stream the plan's entries into a ZIP at ``s3://output_bucket/target``.
+    """Write the plan's entries as a ZIP at ``s3://output_bucket/target``.
 
     On return the object is complete and visible; on any exception nothing was written to the
     target (a previous object there is untouched) and no multipart upload is left behind.
@@ -491,8 +805,6 @@ def write_zip(
         return cancel is not None and cancel.is_set()
 
     progress.files_total = len(plan.entries)
-    zip64_all = len(plan.entries) > ZIP32_ENTRIES
-    state: dict[str, Any] = {"member": None, "zip64": zip64_all, "written": 0, "kept": 0}
     reads = _ReadAhead(
         store,
         input_bucket,
@@ -500,6 +812,9 @@ def write_zip(
         parallel=limits.max_parallel_gets,
         limit=limits.read_ahead_bytes,
         cancelled=cancelled,
+    )
+    sources = _Sources(
+        store, progress, cancelled, min(CRC_PARALLEL, limits.max_parallel_gets), limits.crc_cache
     )
     writer = _PartWriter(
         store,
@@ -510,102 +825,19 @@ def write_zip(
         minimum_part=limits.minimum_part,
         progress=progress,
     )
-
-    def get_compressobj() -> _Precompressed:
-        return _Precompressed(state["member"])
-
-    def counted(member: _Member, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            if cancelled():
-                raise JobCancelled("the job was cancelled")
-            member.size += len(chunk)
-            progress.add(bytes_read=len(chunk))
-            yield chunk
-        member.crc = member.fetch.crc  # complete: the fetch thread has put its last chunk
-
-    def members() -> Iterator[tuple]:
-        for index, entry in enumerate(plan.entries):
-            fetch = reads.take(index)
-            if fetch.error is not None and fetch.size is None:
-                if isinstance(fetch.error, MissingInput) and plan.missing == "skip":
-                    progress.skip(entry.key, "missing")
-                    continue
-                raise fetch.error
-            size = fetch.size or 0
-            chunks = reads.chunks(fetch)
-            if not state["zip64"] and state["written"] + size + size // 1000 + MiB > ZIP32_LIMIT:
-                state["zip64"] = True
-            crc = None
-            if fetch.method == "store" and size <= STORE_BUFFER_LIMIT:
-                body = list(chunks)
-                crc = fetch.crc
-                chunks = iter(body)
-            elif fetch.method == "store":
-                crc = _crc_pass(store, input_bucket, entry.key, fetch, cancelled)
-            member = _Member(entry, fetch)
-            state["member"] = member
-            if crc is not None:
-                zip_method = (NO_COMPRESSION_64 if state["zip64"] else NO_COMPRESSION_32)(size, crc)
-            else:
-                zip_method = ZIP_64 if state["zip64"] else ZIP_32
-            yield (
-                entry.name,
-                clamp_mtime(entry.last_modified or fetch.last_modified),
-                FILE_MODE,
-                zip_method,
-                counted(member, chunks),
-            )
-            _record(member, progress)
-            state["kept"] += 1
-
-    def _record(member: _Member, progress: Progress) -> None:
-        method = member.fetch.method
-        compressed = member.compressed if method == "deflate" else member.size
-        progress.entry_done(
-            EntryResult(
-                member.entry.name, member.entry.key, member.size, compressed, member.crc, method
-            )
-        )
-
+    archive = _Archive(plan, store, input_bucket, reads, sources, writer, progress, limits)
     try:
-        for chunk in stream_zip(members(), chunk_size=MiB, get_compressobj=get_compressobj):
-            state["written"] += len(chunk)
-            writer.write(chunk)
-        if state["kept"] == 0:
-            raise MissingInput("every input was missing: no archive was written")
+        archive.write()
         writer.finish()
     except BaseException as exc:
         try:
             writer.abort()
         finally:
             reads.close()
-        if isinstance(exc, (JobError, KeyboardInterrupt)):
-            raise
-        if isinstance(exc, ZipIntegrityError):
-            member = state["member"]
-            key = member.entry.key if member is not None else "an input"
-            raise StorageError(f"{key} changed while being read; run the job again") from exc
-        if type(exc).__module__.startswith("stream_zip"):
-            raise InternalError(f"the ZIP could not be written: {type(exc).__name__}") from exc
+            sources.close()
+        if isinstance(exc, FrameError):
+            raise InternalError(f"the ZIP could not be written: {exc}") from exc
         raise
     writer.close()
     reads.close()
-
-
-def _crc_pass(
-    store: Store, bucket: str, key: str, fetch: _Fetch, cancelled: Callable[[], bool]
-) -> int:
-    """CRC-32 of an object by reading it once more (explicit ``store`` of a big entry).
-
-    The second read must see the same object as the first (size and ETag); stream-zip checks the
-    CRC again as the stored bytes pass, so a change that slips between them fails the job too.
-    """
-    value = 0
-    with store.open_object(bucket, key) as reader:
-        if reader.size != fetch.size or (reader.etag and fetch.etag and reader.etag != fetch.etag):
-            raise StorageError(f"s3://{bucket}/{key} changed while being read; run the job again")
-        for chunk in reader.iter_chunks(READ_CHUNK):
-            if cancelled():
-                raise JobCancelled("the job was cancelled")
-            value = crc32(chunk, value)
-    return value
+    sources.close()

@@ -356,6 +356,51 @@ class MultipartUpload:
         if not self.completed:
             self.abort()
 
+    # -- server-side parts (pipeline, issue 14) ---------------------------------------------
+
+    def copy_part(self, number: int, source: Pinned, start: int, end: int) -> None:
+        """Part ``number`` := bytes ``[start, end)`` of ``source``, copied by the store itself.
+
+        Pinned like :meth:`Store.read_range`: the source's version where the store keeps
+        versions, else ``x-amz-copy-source-if-match`` on its ETag. :class:`CopyRefused` when the
+        store does not do this at all; a changed source is a :class:`StorageError`, never retried.
+        """
+        copy_source: dict[str, str] = {"Bucket": source.bucket, "Key": source.key}
+        pinning: dict[str, str] = {}
+        if source.version_id:
+            copy_source["VersionId"] = source.version_id
+        else:
+            pinning["CopySourceIfMatch"] = source.etag
+        for attempt in range(PART_RETRIES + 1):
+            try:
+                response = self._client.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    PartNumber=number,
+                    CopySource=copy_source,
+                    CopySourceRange=f"bytes={start}-{end - 1}",
+                    **pinning,
+                )
+                break
+            except ClientError as exc:
+                if error_code(exc) in _COPY_REFUSED or _status(exc) in (405, 501):
+                    raise CopyRefused(
+                        f"s3://{self.bucket}: the store refused UploadPartCopy "
+                        f"({error_code(exc) or _status(exc)})"
+                    ) from None
+                error = translate_client_error(exc, bucket=source.bucket, key=source.key)
+                if _status(exc) == 412 or not isinstance(error, StorageError):
+                    raise error from None
+                if attempt == PART_RETRIES:
+                    raise error from None
+            except BotoCoreError as exc:
+                if attempt == PART_RETRIES:
+                    raise translate_client_error(exc, bucket=self.bucket, key=self.key) from None
+            time.sleep(_backoff(attempt))
+        with self._lock:
+            self._etags[number] = response["CopyPartResult"]["ETag"]
+
 
 @dataclass(frozen=True)
 class Written:
@@ -754,3 +799,91 @@ class Store:
     def bucket_versioning(self, bucket: str) -> str | None:
         """``Enabled``, ``Suspended``, or None for a bucket that never had versioning."""
         return self._call("get_bucket_versioning", bucket=bucket).get("Status")
+
+    # -- pinned reads (pipeline, issue 14) --------------------------------------------------
+
+    def pin(self, bucket: str, key: str) -> Pinned:
+        """One HEAD: the object's current version, which later ranged reads and part copies
+        are pinned to. MissingInput when it does not exist."""
+        try:
+            response = self.client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, bucket=bucket, key=key) from None
+        return Pinned(
+            bucket,
+            key,
+            response["ContentLength"],
+            response.get("ETag", ""),
+            response.get("VersionId") or None,
+            response["LastModified"],
+        )
+
+    def read_range(
+        self, source: Pinned, start: int, end: int, *, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of exactly the pinned version (``versionId`` where the store
+        keeps versions, else ``If-Match`` on the ETag), in chunks; a broken body is resumed
+        from the byte where it stopped. A changed source fails with StorageError (412)."""
+        pinning = {"VersionId": source.version_id} if source.version_id else {}
+        pinning["IfMatch"] = source.etag
+        position, attempt = start, 0
+        while position < end:
+            try:
+                response = self.client.get_object(
+                    Bucket=source.bucket,
+                    Key=source.key,
+                    Range=f"bytes={position}-{end - 1}",
+                    **pinning,
+                )
+            except (ClientError, BotoCoreError) as exc:
+                error = translate_client_error(exc, bucket=source.bucket, key=source.key)
+                attempt += 1
+                transient = isinstance(exc, BotoCoreError) or _status(exc) in (500, 503)
+                if not transient or attempt > READ_RETRIES:
+                    raise error from None
+                time.sleep(_backoff(attempt - 1))
+                continue
+            body = response["Body"]
+            try:
+                while position < end:
+                    chunk = body.read(min(chunk_size, end - position))
+                    if not chunk:
+                        break
+                    position += len(chunk)
+                    attempt = 0
+                    yield chunk
+            except _BODY_ERRORS:
+                pass
+            finally:
+                body.close()
+            if position < end:
+                attempt += 1
+                if attempt > READ_RETRIES:
+                    raise StorageError(
+                        f"s3://{source.bucket}/{source.key}: reading broke off at byte "
+                        f"{position} and could not be resumed"
+                    )
+                time.sleep(_backoff(attempt - 1))
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """One version of one object, as :meth:`Store.pin` found it."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None
+    last_modified: datetime
+
+
+class CopyRefused(StorageError):
+    """The store does not place parts by ``UploadPartCopy`` (or by neither way of pinning)."""
+
+
+_COPY_REFUSED = {"NotImplemented", "InvalidRequest", "MethodNotAllowed", "XNotImplemented"}
+
+
+def _status(exc: ClientError) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -313,3 +313,112 @@ def test_invalid_manifest_fails_with_a_marker_when_its_target_is_usable(s3_serve
     assert outcome.state == "failed" and outcome.target is None and outcome.result is None
     after = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert sorted(after) == sorted(keys), "a manifest without a usable target writes nothing"
+
+
+# -- server-side assembly (CONTRACT §11) -------------------------------------------------------
+
+MEDIA = {
+    "a.txt": b"a text member before the media\n" * 1000,
+    "one.mp4": deterministic_bytes(21, 12 * 1024 * 1024 + 11),
+    "photo.jpg": deterministic_bytes(22, 200_000),
+    "two.mov": deterministic_bytes(23, 11 * 1024 * 1024 + 5),
+}
+
+
+def run_copying(endpoint: str, bucket: str, target: str, **pipeline: object):
+    settings = from_mapping(
+        {"pipeline": {"copy_min_mib": 1, **pipeline}},
+        {"AWS_ENDPOINT_URL": endpoint, "BUCKET_NAME": bucket, "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    manifest = {"files": list(MEDIA), "target": target}
+    store = Store(make_client(settings.s3))
+    return run_job(store, settings, json.dumps(manifest).encode(), manifest_key=None), store
+
+
+def copy_requests(proxy: FaultProxy) -> list[dict[str, str]]:
+    return [
+        {k.lower(): v for k, v in headers.items()}
+        for method, _, headers in proxy.requests
+        if method == "PUT" and any(k.lower() == "x-amz-copy-source" for k in headers)
+    ]
+
+
+def uploaded_part_bytes(proxy: FaultProxy) -> int:
+    return sum(
+        int(headers.get("Content-Length", 0))
+        for method, path, headers in proxy.requests
+        if method == "PUT"
+        and "partNumber=" in path
+        and not any(k.lower() == "x-amz-copy-source" for k in headers)
+    )
+
+
+def test_large_stored_members_are_copied_server_side_pinned_by_etag(
+    s3_server, s3, bucket, tmp_path
+):
+    put_objects(s3, bucket, MEDIA)
+    proxy = FaultProxy(s3_server.port).start()
+    try:
+        outcome, store = run_copying(proxy.endpoint_url, bucket, "out/media.zip")
+    finally:
+        proxy.stop()
+    assert outcome.state == "succeeded", outcome.error
+    path = download(s3, bucket, "out/media.zip", tmp_path)
+    verify_zip(path, MEDIA)
+    check_result_against_zip(marker(s3, bucket, "out/media.zip.result.json"), path)
+    copies = copy_requests(proxy)
+    assert copies and all(c["x-amz-copy-source-range"].startswith("bytes=") for c in copies)
+    etags = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in ("one.mp4", "two.mov")}
+    for copy in copies:
+        source = copy["x-amz-copy-source"]
+        assert "versionId" not in source, "the bucket keeps no versions"
+        key = source.rsplit("/", 1)[-1]
+        assert copy["x-amz-copy-source-if-match"] == etags[key]
+    large = len(MEDIA["one.mp4"]) + len(MEDIA["two.mov"])
+    assert uploaded_part_bytes(proxy) < path.stat().st_size - large + 2 * 5 * 1024 * 1024
+    assert store.request_counts()["UploadPartCopy"] == len(copies)
+
+
+def test_versioned_bucket_pins_copies_to_the_version_whose_crc_was_written(
+    s3_server, s3, bucket, tmp_path, monkeypatch
+):
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    put_objects(s3, bucket, MEDIA)
+    replaced = deterministic_bytes(99, len(MEDIA["one.mp4"]))
+    original = Store.read_range
+
+    def read_then_replace(self, source, start, end, **kwargs):
+        yield from original(self, source, start, end, **kwargs)
+        if source.key == "one.mp4" and not replaced_once:
+            replaced_once.append(s3.put_object(Bucket=bucket, Key="one.mp4", Body=replaced))
+
+    replaced_once: list = []
+    monkeypatch.setattr(Store, "read_range", read_then_replace)
+    outcome, store = run_copying(s3_server.endpoint_url, bucket, "out/pinned.zip")
+    assert outcome.state == "succeeded", outcome.error
+    assert replaced_once, "the object was replaced between its CRC pass and its copy"
+    verify_zip(download(s3, bucket, "out/pinned.zip", tmp_path), MEDIA)
+    assert store.request_counts()["UploadPartCopy"] >= 2
+
+
+def test_a_store_that_refuses_part_copies_gets_the_same_archive_streamed(
+    s3_server, s3, bucket, tmp_path
+):
+    put_objects(s3, bucket, MEDIA)
+    copied, _ = run_copying(s3_server.endpoint_url, bucket, "out/copied.zip")
+    proxy = FaultProxy(s3_server.port).start()
+    try:
+        refusal = proxy.add(
+            Fault("status", method="PUT", path="partNumber=2", status=501, code="NotImplemented")
+        )
+        streamed, store = run_copying(proxy.endpoint_url, bucket, "out/streamed.zip")
+    finally:
+        proxy.stop()
+    assert copied.state == streamed.state == "succeeded", streamed.error
+    assert refusal.fired == 1
+    assert len(copy_requests(proxy)) == 1, "asked once, then streamed for the rest of the job"
+    first = download(s3, bucket, "out/copied.zip", tmp_path).read_bytes()
+    path = download(s3, bucket, "out/streamed.zip", tmp_path)
+    verify_zip(path, MEDIA)
+    assert path.read_bytes() == first, "both paths write the same archive"
+    assert not uploads(s3, bucket)

@@ -1,10 +1,14 @@
-"""The pipeline: its pure decisions (part sizes, compression choice, levels, timestamps), then
-write_zip end to end against an in-memory store (ZIP64, parts, failures, cancel)."""
+"""The pipeline: its pure decisions (part sizes, copy layout, compression choice, levels,
+timestamps), then write_zip end to end against an in-memory store (layout, ZIP64, server-side
+copies and their fallback, parts, failures, cancel)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import random
+import struct
 import threading
 import zipfile
 import zlib
@@ -19,14 +23,19 @@ from watcher.markers import Progress
 from watcher.pipeline import (
     MAX_PART,
     MIN_PART,
+    CrcCache,
     MiB,
     PipelineLimits,
     choose_method,
     clamp_mtime,
+    copy_head,
+    copy_pieces,
+    decide,
     part_size,
     write_zip,
 )
 from watcher.plan import Entry, Plan
+from watcher.store import CopyRefused, Pinned
 
 GiB = 1024 * MiB
 
@@ -44,6 +53,46 @@ def test_parts_grow_past_the_plan_when_unknown_sizes_make_the_archive_bigger():
     assert sum(part_size(0, n) for n in range(1, 10_001)) > 5 * 1024 * GiB
     assert part_size(0, 1000) == MIN_PART < part_size(0, 1001)
     assert part_size(100 * GiB, 1) == part_size(100 * GiB, 1000) > MIN_PART
+
+
+@pytest.mark.parametrize("buffered", [0, 100, 5 * MiB - 1, 5 * MiB, 40 * MiB])
+@pytest.mark.parametrize("size", [5 * MiB, 10 * MiB - 1, 10 * MiB, 16 * MiB, 3 * GiB])
+def test_copy_head_keeps_both_the_uploaded_part_and_the_copied_rest_above_the_floor(buffered, size):
+    floor = 5 * MiB
+    head = copy_head(buffered, size, floor)
+    if head is None:
+        assert size - max(0, floor - buffered) < floor
+    else:
+        assert buffered + head >= floor and size - head >= floor
+        assert head == max(0, floor - buffered), "no more is uploaded than the floor needs"
+
+
+@pytest.mark.parametrize(
+    "start,end,piece",
+    [
+        (0, 1, 8),
+        (3, 100, 8),
+        (0, 5 * MiB, 128 * MiB),
+        (7, 12 * GiB + 5, 128 * MiB),
+        (0, 11 * GiB, 20 * GiB),
+    ],
+)
+def test_copy_pieces_cover_the_range_in_order_each_between_piece_and_5_gib(start, end, piece):
+    spans = copy_pieces(start, end, piece)
+    assert spans[0][0] == start and spans[-1][1] == end
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    assert all(b - a <= MAX_PART for a, b in spans)
+    if end - start >= piece:
+        assert all(b - a >= piece for a, b in spans)
+
+
+def test_auto_stores_incompressible_bytes_at_any_size_and_empty_objects():
+    noise = random.Random(1).randbytes(MiB)
+    assert decide("auto", 6, "big.bin", noise) == ("store", 0)
+    assert decide("auto", 6, "empty", b"") == ("store", 0)
+    assert decide("auto", 6, "log.txt", b"GET /index.html 200\n" * 4000) == ("deflate", 6)
+    assert decide("deflate", 8, "clip.mp4", noise) == ("deflate", 8)
+    assert decide("store", 6, "log.txt", b"text" * 1000) == ("store", 0)
 
 
 def test_media_and_archives_are_stored_by_extension():
@@ -69,11 +118,14 @@ def test_timestamps_are_clamped_to_what_the_zip_can_hold():
 # -- write_zip against an in-memory store ------------------------------------------------------
 
 
+WHEN = datetime(2024, 5, 6, 7, 8, 10, tzinfo=UTC)
+
+
 class FakeReader:
     def __init__(self, body: bytes, etag: str, on_chunk=None) -> None:
         self.body, self.etag, self.on_chunk = body, etag, on_chunk
         self.size = len(body)
-        self.last_modified = datetime(2024, 5, 6, 7, 8, 10, tzinfo=UTC)
+        self.last_modified = WHEN
 
     def iter_chunks(self, n: int):
         for start in range(0, self.size, n):
@@ -101,6 +153,14 @@ class FakeUpload:
         if self.store.fail_part == number:
             raise StorageError("part upload failed")
         self.parts[number] = bytes(data)
+        self.store.uploaded.append(len(data))
+
+    def copy_part(self, number: int, source: Pinned, start: int, end: int) -> None:
+        if self.store.refuse_copy:
+            raise CopyRefused("the store refused UploadPartCopy (NotImplemented)")
+        body = self.store.current(source)
+        self.parts[number] = body[start:end]
+        self.store.copied.append(end - start)
 
     def complete(self) -> None:
         self.store.outputs[self.key] = b"".join(self.parts[n] for n in sorted(self.parts))
@@ -121,6 +181,37 @@ class FakeStore:
         self.fail_part: int | None = None
         self.on_chunk = None
         self.lock = threading.Lock()
+        self.refuse_copy = False
+        self.ranged: dict[str, int] = {}
+        self.uploaded: list[int] = []
+        self.copied: list[int] = []
+        self.kept: dict[str, bytes] = {}  # the CRC cache's objects
+
+    @staticmethod
+    def etag(body: bytes) -> str:
+        return f'"{zlib.crc32(body):08x}-{len(body)}"'
+
+    def pin(self, bucket: str, key: str) -> Pinned:
+        if key not in self.objects:
+            raise MissingInput(f"s3://{bucket}/{key} does not exist")
+        body = self.objects[key]
+        return Pinned(bucket, key, len(body), self.etag(body), None, WHEN)
+
+    def current(self, source: Pinned) -> bytes:
+        """The pinned bytes, or the 412 a real store answers when they changed."""
+        body = self.objects[source.key]
+        if self.etag(body) != source.etag:
+            raise StorageError(f"s3://{source.bucket}/{source.key} changed while being read")
+        return body
+
+    def read_range(self, source: Pinned, start: int, end: int, *, chunk_size: int):
+        with self.lock:
+            self.ranged[source.key] = self.ranged.get(source.key, 0) + 1
+        body = self.current(source)
+        for at in range(start, end, chunk_size):
+            if self.on_chunk is not None:
+                self.on_chunk()
+            yield body[at : min(end, at + chunk_size)]
 
     def open_object(self, bucket: str, key: str) -> FakeReader:
         with self.lock:
@@ -128,7 +219,7 @@ class FakeStore:
         if key not in self.objects:
             raise MissingInput(f"s3://{bucket}/{key} does not exist")
         body = self.objects[key]
-        return FakeReader(body, f'"{zlib.crc32(body):08x}"', self.on_chunk)
+        return FakeReader(body, self.etag(body), self.on_chunk)
 
     def multipart(self, bucket: str, key: str) -> FakeUpload:
         return FakeUpload(self, key)
@@ -137,13 +228,33 @@ class FakeStore:
         self.outputs[key] = bytes(data)
         return '"etag"'
 
+    def put_json(self, bucket: str, key: str, document) -> str:
+        self.kept[key] = json.dumps(document).encode()
+        return '"etag"'
+
+    def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes | None:
+        return self.kept.get(key)
+
 
 def make_plan(files, *, compression="auto", missing="fail", level=6) -> Plan:
     entries = tuple(Entry(key, name, None, None) for key, name in files)
     return Plan(entries, (), compression, missing, level)
 
 
-SMALL_PARTS = PipelineLimits(read_ahead_bytes=4 * MiB, max_parallel_gets=4, minimum_part=MiB)
+SMALL_PARTS = PipelineLimits(
+    read_ahead_bytes=4 * MiB,
+    max_parallel_gets=4,
+    minimum_part=MiB,
+    copy_min_bytes=0,
+    copy_floor=MiB,
+)
+COPYING = PipelineLimits(
+    read_ahead_bytes=4 * MiB,
+    max_parallel_gets=4,
+    minimum_part=MiB,
+    copy_min_bytes=2 * MiB,
+    copy_floor=MiB,
+)
 
 
 def zip_it(store, plan, *, limits=SMALL_PARTS, cancel=None) -> Progress:
@@ -162,7 +273,7 @@ def zip_it(store, plan, *, limits=SMALL_PARTS, cancel=None) -> Progress:
 
 
 def pipeline_threads() -> list[str]:
-    prefixes = ("get_", "put_", "deflate_")
+    prefixes = ("get_", "put_", "crc_", "deflate_")
     return [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
 
 
@@ -200,67 +311,175 @@ def test_entries_reported_as_zipfile_reads_them_over_several_parts(tmp_path):
     assert by_name["dir/photo.jpg"] == "store" and by_name["dir/text.txt"] == "deflate"
 
 
-def test_switches_to_zip64_before_an_offset_could_pass_the_zip32_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "ZIP32_LIMIT", 3 * MiB)
-    objects = {f"{i}.bin": random.Random(i).randbytes(MiB) for i in range(6)}
+def local_flags_and_extras(archive: bytes, offset: int) -> tuple[int, set[int]]:
+    flags, name_len, extra_len = struct.unpack_from("<H18xHH", archive, offset + 6)
+    extra = archive[offset + 30 + name_len : offset + 30 + name_len + extra_len]
+    kinds, at = set(), 0
+    while at < len(extra):
+        kind, size = struct.unpack_from("<HH", extra, at)
+        kinds.add(kind)
+        at += 4 + size
+    return flags, kinds
+
+
+def test_members_carry_a_descriptor_only_when_streamed_and_no_zip64(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 256 * 1024)
+    objects = {
+        "small.txt": b"small text\n" * 1000,
+        "large.log": b"a large log line, deflated as it streams\n" * 20_000,
+        "noise.bin": random.Random(5).randbytes(600_000),
+        "photo.jpg": random.Random(6).randbytes(100_000),
+    }
     store = FakeStore(objects)
-    zip_it(store, make_plan([(k, k) for k in objects], compression="store"))
+    progress = zip_it(store, make_plan([(k, k) for k in objects]))
     path = saved(store, tmp_path)
     zf = verify_zip(path, objects)
-    zip64 = [b"\x01\x00" in info.extra[:2] for info in zf.infolist()]
-    assert zip64[0] is False and zip64[-1] is True, zip64
-    assert zip64 == sorted(zip64), "once ZIP64, every later entry stays ZIP64"
-    assert b"PK\x06\x06" in path.read_bytes()[-200:]
+    archive = path.read_bytes()
+    methods = {r.name: r.method for r in progress.entries}
+    assert methods == {
+        "small.txt": "deflate",
+        "large.log": "deflate",
+        "noise.bin": "store",
+        "photo.jpg": "store",
+    }
+    for info in zf.infolist():
+        flags, kinds = local_flags_and_extras(archive, info.header_offset)
+        assert bool(flags & 0x08) == (info.filename == "large.log"), info.filename
+        assert flags & 0x0800 and kinds == {0x5455}, info.filename
+        assert b"\x01\x00" not in info.extra[:2]
+    assert archive.count(b"PK\x07\x08") == 1 and b"PK\x06\x06" not in archive
+    assert store.opens["noise.bin"] == 1 and store.ranged["noise.bin"] == 2, "CRC pass, stream"
 
 
-def test_more_than_65535_entries_get_a_zip64_directory(tmp_path):
+def test_more_than_65535_entries_make_only_the_end_records_zip64(tmp_path):
     store = FakeStore({"one": b"1", "two": b"22"})
     files = [("one" if i % 2 else "two", f"d{i // 1000}/{i}") for i in range(65_537)]
     progress = zip_it(store, make_plan(files))
     path = saved(store, tmp_path)
-    verify_zip(path, {name: store.objects[key] for key, name in files})
-    assert b"PK\x06\x06" in path.read_bytes()[-200:]
+    zf = verify_zip(path, {name: store.objects[key] for key, name in files})
+    archive = path.read_bytes()
+    assert archive.count(b"PK\x06\x06") == 1 and b"PK\x07\x08" not in archive
+    assert not any(b"\x01\x00" in info.extra[:2] for info in zf.infolist())
+    end = archive[archive.rindex(b"PK\x05\x06") :]
+    assert struct.unpack_from("<HH", end, 4) == (0, 0), "disk numbers 0"
     assert progress.files_done == 65_537
 
 
-def test_big_entry_under_explicit_store_gets_a_crc_pass_and_is_stored(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "STORE_BUFFER_LIMIT", 64 * 1024)
+def test_big_entry_under_explicit_store_is_crced_by_ranged_reads_and_stored(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 64 * 1024)
     body = b"compressible " * 50_000
     store = FakeStore({"big.txt": body})
     progress = zip_it(store, make_plan([("big.txt", "big.txt")], compression="store"))
     zf = verify_zip(saved(store, tmp_path), {"big.txt": body})
     assert zf.getinfo("big.txt").compress_type == zipfile.ZIP_STORED
-    assert store.opens["big.txt"] == 2
+    assert store.opens["big.txt"] == 1, "the read-ahead opened it, saw its size, read nothing"
     assert progress.entries[0].compressed_size == len(body)
+    assert progress.bytes_read == 2 * len(body), "read once for the CRC, once to stream"
 
 
-def test_big_incompressible_entry_under_auto_is_deflated_at_no_cost_in_size(tmp_path):
-    body = random.Random(4).randbytes(pipeline.STORE_BUFFER_LIMIT + MiB)
+def test_big_incompressible_entry_under_auto_is_stored_not_deflated(tmp_path):
+    body = random.Random(4).randbytes(pipeline.BUFFER_LIMIT + MiB)
     store = FakeStore({"noise.bin": body})
     progress = zip_it(store, make_plan([("noise.bin", "noise.bin")]))
-    verify_zip(saved(store, tmp_path), {"noise.bin": body})
+    zf = verify_zip(saved(store, tmp_path), {"noise.bin": body})
     (result,) = progress.entries
-    assert result.method == "deflate" and store.opens["noise.bin"] == 1
-    assert result.compressed_size <= len(body) * 1.001
+    assert result.method == "store" and result.compressed_size == len(body)
+    assert zf.getinfo("noise.bin").flag_bits & 0x08 == 0, "no data descriptor"
 
 
 @pytest.mark.parametrize("same_etag", [False, True])
 def test_an_input_changed_between_its_two_reads_fails_the_job(monkeypatch, same_etag):
-    monkeypatch.setattr(pipeline, "STORE_BUFFER_LIMIT", 64 * 1024)
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 64 * 1024)
     store = FakeStore({"big.bin": b"x" * 200_000})
-    original = store.open_object
+    original = store.read_range
+    pinned_etag = store.etag(store.objects["big.bin"])
 
-    def open_object(bucket, key):
-        reader = original(bucket, key)
-        if store.opens[key] == 2:
-            reader.body = b"y" * 200_000
-            reader.etag = reader.etag if same_etag else '"changed"'
-        return reader
+    def read_range(source, start, end, *, chunk_size):
+        if store.ranged.get("big.bin") == 1:  # the CRC pass is done: the object changes
+            store.objects["big.bin"] = b"y" * 200_000
+            if same_etag:
+                store.etag = lambda body: pinned_etag
+        return original(source, start, end, chunk_size=chunk_size)
 
-    store.open_object = open_object
+    store.read_range = read_range
     with pytest.raises(StorageError, match="big.bin changed"):
         zip_it(store, make_plan([("big.bin", "big.bin")], compression="store"))
     assert not store.outputs and all(u.state == "aborted" for u in store.uploads)
+
+
+def media_objects() -> dict[str, bytes]:
+    return {
+        "a.txt": b"text before the media\n" * 100,
+        "one.mp4": random.Random(11).randbytes(3 * MiB + 17),
+        "two.mp4": random.Random(12).randbytes(5 * MiB + 3),
+        "photo.jpg": random.Random(13).randbytes(300_000),
+        "three.mov": random.Random(14).randbytes(2 * MiB + 1),
+    }
+
+
+def test_large_stored_members_are_copied_server_side_in_parts_the_store_takes(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 512 * 1024)
+    objects = media_objects()
+    store = FakeStore(objects)
+    progress = zip_it(store, make_plan([(k, k) for k in objects]), limits=COPYING)
+    path = saved(store, tmp_path)
+    verify_zip(path, objects)
+    (upload,) = store.uploads
+    sizes = [len(upload.parts[n]) for n in sorted(upload.parts)]
+    assert sorted(upload.parts) == list(range(1, len(sizes) + 1))
+    assert all(size >= COPYING.copy_floor for size in sizes[:-1]), sizes
+    large = sum(len(objects[k]) for k in ("one.mp4", "two.mp4", "three.mov"))
+    assert sum(store.copied) >= large - 3 * COPYING.copy_floor
+    assert sum(store.uploaded) + sum(store.copied) == path.stat().st_size
+    assert progress.bytes_written == path.stat().st_size
+    assert {r.name: r.method for r in progress.entries}["two.mp4"] == "store"
+
+
+def test_refused_copies_fall_back_to_streaming_once_with_byte_identical_archives(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 512 * 1024)
+    objects = media_objects()
+    plan = make_plan([(k, k) for k in objects])
+    copied = FakeStore(objects)
+    zip_it(copied, plan, limits=COPYING)
+    refused = FakeStore(objects)
+    refused.refuse_copy = True
+    asked = []
+    original = FakeUpload.copy_part
+
+    def counting(self, *args):
+        asked.append(args[0])
+        return original(self, *args)
+
+    FakeUpload.copy_part = counting
+    try:
+        zip_it(refused, plan, limits=COPYING)
+    finally:
+        FakeUpload.copy_part = original
+    streamed = FakeStore(objects)
+    zip_it(streamed, plan)
+    assert copied.copied and not refused.copied and not streamed.copied
+    assert len(asked) == 1, "the store is asked once per job"
+    assert copied.outputs["t.zip"] == refused.outputs["t.zip"] == streamed.outputs["t.zip"]
+    verify_zip(saved(refused, tmp_path), objects)
+
+
+def test_a_missing_large_input_is_skipped_before_anything_of_it_is_written(tmp_path):
+    store = FakeStore({"a.txt": b"a"})
+    plan = Plan(
+        (Entry("gone.mp4", "gone.mp4", 50 * MiB, WHEN), Entry("a.txt", "a.txt", None, None)),
+        (),
+        "auto",
+        "skip",
+        6,
+    )
+    progress = zip_it(store, plan, limits=COPYING)
+    verify_zip(saved(store, tmp_path), {"a.txt": b"a"})
+    assert progress.skipped == [{"key": "gone.mp4", "reason": "missing"}]
+    assert "gone.mp4" not in store.opens, "size and extension were known: no GET"
 
 
 def test_missing_input_fails_naming_the_key_and_writes_nothing():
@@ -301,3 +520,43 @@ def test_cancel_stops_promptly_aborts_and_joins_every_thread():
     assert not store.outputs and all(u.state == "aborted" for u in store.uploads)
     assert next(chunks) < 60, "reading went on long after the cancel"
     assert not pipeline_threads()
+
+
+CACHED = dataclasses.replace(COPYING, crc_cache=CrcCache("in", "zip-requests/.crc/"))
+
+
+def test_the_crc_cache_spares_a_repeat_job_the_crc_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 512 * 1024)
+    objects = media_objects()
+    store = FakeStore(objects)
+    plan = make_plan([(k, k) for k in objects])
+    first = zip_it(store, plan, limits=CACHED)
+    assert len(store.kept) == 3 and all(k.startswith("zip-requests/.crc/") for k in store.kept)
+    cold = dict(store.ranged)
+    again = zip_it(store, plan, limits=CACHED)
+    warm = {k: store.ranged[k] - cold[k] for k in cold}
+    assert warm == {"one.mp4": 1, "two.mp4": 1, "three.mov": 1}, "only the heads are read"
+    assert again.bytes_read < first.bytes_read / 3
+    verify_zip(saved(store, tmp_path), objects)
+    assert [r.crc32 for r in again.entries] == [r.crc32 for r in first.entries]
+
+
+def test_a_crc_cache_entry_is_used_only_for_the_same_etag_and_checked_when_streamed(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 512 * 1024)
+    body = random.Random(15).randbytes(2 * MiB)
+    store = FakeStore({"clip.mp4": body})
+    plan = make_plan([("clip.mp4", "clip.mp4")])
+    zip_it(store, plan, limits=CACHED)
+    (entry_key,) = store.kept
+    store.objects["clip.mp4"] = changed = random.Random(16).randbytes(2 * MiB)
+    zip_it(store, plan, limits=CACHED)
+    verify_zip(saved(store, tmp_path), {"clip.mp4": changed})
+    assert len(store.kept) == 2, "a new ETag is a new entry; the old one is never used"
+    document = json.loads(store.kept[entry_key])
+    stale_key = CACHED.crc_cache.key_for(store.pin("in", "clip.mp4"))
+    store.kept[stale_key] = json.dumps({**document, "etag": store.etag(changed)}).encode()
+    streaming = dataclasses.replace(CACHED, copy_min_bytes=0)
+    with pytest.raises(StorageError, match="clip.mp4 changed"):
+        zip_it(store, plan, limits=streaming)
