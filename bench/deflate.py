@@ -13,7 +13,8 @@ cores: a DeflatePool of os.cpu_count() threads), compressed size relative to zli
 same input, speed relative to zlib level 6 on one core. The machine may be shared: the load
 average is printed with the results. Writes bench/results/deflate.json and deflate.md.
 
-    python -m bench.deflate [--levels 1,2,4,5,6,7,8,9] [--member-mib 512] [--text-mib 128]
+    python -m bench.deflate [--levels 1,2,4,5,6,7,8,9] [--member-mib 512] [--member-levels 1,6]
+                            [--text-mib 128]
 """
 
 from __future__ import annotations
@@ -59,6 +60,25 @@ def chunked(level: int, pool: DeflatePool | None):
         return total
 
     return run
+
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: VmHWM starts again from the current RSS
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def timed(fn, members) -> tuple[float, float, int]:
@@ -122,11 +142,17 @@ def verdict(rows: list[dict], rss_mib: float) -> str:
     if one is None or not many:
         return ""
     scale = many[0]["mb_s"] / one["mb_s"]
+    base = next(r for r in rows if r["workload"] == "member" and r["level"] == "zlib-6")
+    cpu_speed = one["cpu_mb_s"] / base["cpu_mb_s"]
     checks = [
         ("default level size ≤ 1.05× zlib-6", f"{one['size_x']:.3f}×", one["size_x"] <= 1.05),
-        ("default level one core ≥ 3× zlib-6", f"{one['speed_x']:.2f}×", one["speed_x"] >= 3),
         (
-            f"default level {many[0]['cores']} cores ≥ 1.8× its one core",
+            "default level one core ≥ 3× zlib-6 (per CPU second; wall in brackets)",
+            f"{cpu_speed:.2f}× ({one['speed_x']:.2f}×)",
+            cpu_speed >= 3,
+        ),
+        (
+            f"default level {many[0]['cores']} cores ≥ 1.8× its one core (wall: needs idle cores)",
             f"{scale:.2f}×",
             scale >= 1.8,
         ),
@@ -141,6 +167,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,2,4,5,6,7,8,9")
     parser.add_argument("--member-mib", type=int, default=512)
+    parser.add_argument("--member-levels", default="1,6", help="levels run on the big member")
     parser.add_argument("--text-mib", type=int, default=128)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
@@ -149,8 +176,10 @@ def main() -> int:
 
     size = args.member_mib * MiB
     block = text_bytes(4242, min(BLOCK, size))
-    rows = workload("member", [member_pieces(size, block)], size, levels, args.workers)
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    member_levels = [int(n) for n in args.member_levels.split(",")]
+    reset_peak_rss()  # generating the text peaks far above what compressing it takes
+    rows = workload("member", [member_pieces(size, block)], size, member_levels, args.workers)
+    rss_mib = peak_rss_mib()
     del block
 
     texts, total = [], 0
@@ -164,6 +193,7 @@ def main() -> int:
     load = os.getloadavg()
     command = (
         f"python -m bench.deflate --levels {args.levels} --member-mib {args.member_mib} "
+        f"--member-levels {args.member_levels} "
         f"--text-mib {args.text_mib} --workers {args.workers}"
     )
     report = (
@@ -172,7 +202,10 @@ def main() -> int:
         f"(the machine is shared: wall-time rates are noisy, sizes are exact), `{command}`, "
         f"{time.perf_counter() - started:.0f} s in all. `member`: one {args.member_mib} MiB text "
         f"member; `mixed-text`: the first {total / MiB:.0f} MiB of the `mixed` dataset's text "
-        f"members. Peak RSS of this process during the member rows: {rss_mib:.0f} MiB.\n\n"
+        f"members. Peak RSS of this process while it compressed the member (the 32 MiB source "
+        f"block and the bench's imports included): {rss_mib:.0f} MiB. Wall-time MB/s counts "
+        f"whatever else the machine runs; MB/s per CPU second does not, and shows what one core "
+        f"does alone.\n\n"
         f"{table(rows)}\n\n{verdict(rows, rss_mib)}\n"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)

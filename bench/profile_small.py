@@ -1,0 +1,184 @@
+"""Where a many-small job's CPU goes: `b2-zip-watcher zip` over N small text objects (the `small`
+dataset: 2-8 KiB each) on moto's server, with one cProfile per thread timed in thread CPU time,
+summed by area (botocore's per-call machinery, HTTP, signing, deflate, framing, ...).
+
+    python -m bench.profile_small [--objects 2000]
+
+Profiling inflates every Python call (≈4x here), so read the shares, not the milliseconds; moto
+closes each connection after its response, so connection set-up is over-counted against a store
+that keeps connections alive (SeaweedFS, B2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import json
+import os
+import pstats
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work" / "profile"
+
+AREAS = [  # (area, pattern on "file:line(function)"), first match wins
+    ("startup: imports", r"importlib|<frozen"),
+    ("deflate + CRC", r"watcher/deflate\.py|isal|zlib_ng|crc32|compress"),
+    ("botocore: SigV4 signing", r"botocore/auth\.py|botocore/signers\.py|hmac|hashlib"),
+    ("botocore: response parsing", r"botocore/parsers\.py|botocore/response\.py|dateutil"),
+    (
+        "botocore: request build/headers",
+        r"botocore/serialize\.py|botocore/validate\.py|botocore/awsrequest\.py|botocore/model\.py",
+    ),
+    ("botocore: endpoint rules", r"botocore/regions\.py|endpoint_provider"),
+    (
+        "botocore: event hooks",
+        r"botocore/hooks\.py|botocore/handlers\.py|botocore/retries|botocore/utils\.py"
+        r"|botocore/context\.py",
+    ),
+    ("http: urllib3/http.client/socket", r"urllib3|http/client\.py|socket|ssl|select|email/"),
+    ("botocore: other", r"botocore/|boto3/|s3transfer|urllib/parse"),
+    ("stream-zip framing", r"stream_zip"),
+    ("markers / json", r"watcher/markers\.py|json/"),
+    ("logging", r"structlog|logging/|watcher/logs\.py"),
+    ("pipeline", r"watcher/pipeline\.py"),
+    ("store edge", r"watcher/store\.py"),
+    ("threads / locks", r"threading\.py|queue\.py|concurrent/futures|acquire|release|_thread"),
+]
+# helpers whose time belongs to whoever called them
+GENERIC = r"^~|_collections_abc|email/|functools|enum|re/|dataclasses|uuid|datetime|typing|copy"
+
+
+def profiled_zip(out: str, args: list[str]) -> int:
+    """Run the CLI with one CPU-time profiler per thread; all of them saved into ``out``."""
+    profiles = []
+    run = threading.Thread.run
+
+    def profiled(self):  # type: ignore[no-untyped-def]
+        profile = cProfile.Profile(time.thread_time)
+        profiles.append(profile)
+        profile.enable()
+        try:
+            run(self)
+        finally:
+            profile.disable()
+
+    threading.Thread.run = profiled  # type: ignore[method-assign]
+    main = cProfile.Profile(time.thread_time)
+    main.enable()
+    try:
+        from watcher.cli import main as cli
+
+        return cli(args)
+    finally:
+        main.disable()
+        stats = pstats.Stats(main)
+        for profile in profiles:
+            stats.add(profile)
+        stats.dump_stats(out)
+
+
+def areas(path: str) -> tuple[float, collections.Counter]:
+    stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+
+    def area_of(func, depth=0) -> dict[str, float]:
+        name = f"{func[0]}:{func[1]}({func[2]})"
+        hit = next((area for area, rx in AREAS if re.search(rx, name)), None)
+        if hit:
+            return {hit: 1.0}
+        if depth < 4 and re.search(GENERIC, func[0]):
+            callers = stats[func][4]
+            total = sum(v[2] for v in callers.values()) or 1.0
+            shares: collections.Counter = collections.Counter()
+            for caller, v in callers.items():
+                for area, w in area_of(caller, depth + 1).items():
+                    shares[area] += w * v[2] / total
+            if shares:
+                return shares
+        return {"other": 1.0}
+
+    counts: collections.Counter = collections.Counter()
+    total = 0.0
+    for func, (_, _, own, _, _) in stats.items():
+        total += own
+        for area, w in area_of(func).items():
+            counts[area] += own * w
+    return total, counts
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        return profiled_zip(sys.argv[2], sys.argv[3:])
+    import boto3
+
+    from bench.run import body_of, dataset
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=2000)
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    moto = Path(sys.executable).parent / "moto_server"
+    server = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        keys = {"aws_access_key_id": "k", "aws_secret_access_key": "s"}
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", **keys)
+        for _ in range(100):
+            try:
+                s3.create_bucket(Bucket="bench")
+                break
+            except Exception:  # the server is still starting
+                time.sleep(0.2)
+        objs = dataset("small", False)[: args.objects]
+        with ThreadPoolExecutor(16) as pool:
+            put = lambda o: s3.put_object(Bucket="bench", Key=o.key, Body=body_of(o))  # noqa: E731
+            list(pool.map(put, objs))
+        manifest = WORK / "manifest.json"
+        manifest.write_text(json.dumps({"files": [o.key for o in objs], "target": "z/small.zip"}))
+        config = WORK / "config.yaml"
+        config.write_text("logging:\n  format: json\n  level: WARNING\n")
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_ENDPOINT_URL": url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "BUCKET_NAME": "bench",
+        }
+        out = WORK / "zip.prof"
+        command = [sys.executable, "-m", "bench.profile_small", "--child", str(out)]
+        command += ["zip", str(manifest), "--config", str(config)]
+        started = time.perf_counter()
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        wall = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait()
+    total, counts = areas(str(out))
+    n = len(objs)
+    print(
+        f"{n} objects, wall {wall:.1f} s (profiled), CPU in the zip process's threads "
+        f"{total:.1f} s = {total / n * 1000:.2f} ms/object with the profiler's overhead"
+    )
+    for area, seconds in counts.most_common():
+        print(f"{seconds / total * 100:5.1f} %  {area}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
