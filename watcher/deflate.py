@@ -45,7 +45,7 @@ WINDOW = 32 * 1024  # deflate's window: the dictionary that primes each chunk
 
 # zip.level -> (library, its own level). Measured on the benchmark's text (bench/deflate.py,
 # README's zip.level table): ISA-L for speed, zlib-ng from 5 up for zlib's sizes; 6, the default,
-# is zlib-ng 5, ~3 % larger than zlib's level 6 at 2.5-3.5x its speed per core. ISA-L's level 0
+# is zlib-ng 5, ~3 % larger than zlib's level 6 at 2.8-3.0x its speed per core. ISA-L's level 0
 # is never used: it grows incompressible data by ~23 %.
 LEVELS: dict[int, tuple[str, int]] = {
     0: ("isal", 1),
