@@ -28,7 +28,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 # DATASETS=small,mixed,large RUNS=3; QUICK=1 for a one-minute smoke run
-DATASETS ?= small,mixed,large
+DATASETS ?= small,mixed,large,media
 RUNS ?= 3
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --datasets $(DATASETS) --runs $(RUNS) $(if $(QUICK),--quick,)

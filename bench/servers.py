@@ -135,6 +135,8 @@ class LatencyProxy:
         self.latency = latency
         self.port = free_port()
         self.counts: Counter[str] = Counter()
+        self.uploaded = 0  # request bodies relayed to the server
+        self.downloaded = 0  # response bytes relayed to the client, heads included
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
 
@@ -146,12 +148,21 @@ class LatencyProxy:
         counts, self.counts = self.counts, Counter()
         return counts
 
+    def take_bytes(self) -> tuple[int, int]:
+        """(bytes uploaded, bytes downloaded) since the last call."""
+        taken = (self.uploaded, self.downloaded)
+        self.uploaded = self.downloaded = 0
+        return taken
+
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Client → server: parse each request's head, delay it, relay head and body."""
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                self.counts[request_shape(head.split(b"\r\n", 1)[0])] += 1
+                shape = request_shape(head.split(b"\r\n", 1)[0])
+                if b"\r\nx-amz-copy-source:" in head.lower():
+                    shape += " (copy)"
+                self.counts[shape] += 1
                 length = 0
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
@@ -165,6 +176,7 @@ class LatencyProxy:
                     if not chunk:
                         return
                     length -= len(chunk)
+                    self.uploaded += len(chunk)
                     writer.write(chunk)
                     await writer.drain()
                 await writer.drain()
@@ -176,6 +188,7 @@ class LatencyProxy:
     async def _responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while chunk := await reader.read(1 << 20):
+                self.downloaded += len(chunk)
                 writer.write(chunk)
                 await writer.drain()
         except ConnectionError:

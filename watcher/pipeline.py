@@ -80,7 +80,7 @@ BUFFER_LIMIT = HEAD_ALLOWANCE
 CRC_RANGE = 32 * MiB
 CRC_PARALLEL = 8
 CRC_CHUNK = 256 * 1024
-COPY_PIECE = 128 * MiB
+COPY_PIECE = 64 * MiB
 COPY_CONCURRENCY = 4
 SAMPLE_BYTES = 64 * 1024
 ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
@@ -516,6 +516,7 @@ class _PartWriter:
         known_bytes: int,
         concurrency: int,
         minimum_part: int,
+        copy_floor: int,
         progress: Progress,
     ) -> None:
         self.store = store
@@ -523,6 +524,7 @@ class _PartWriter:
         self.key = key
         self.known_bytes = known_bytes
         self.minimum_part = minimum_part
+        self.copy_floor = copy_floor
         self.progress = progress
         self.slots = threading.Semaphore(max(1, concurrency))
         self.copy_slots = threading.Semaphore(COPY_CONCURRENCY)
@@ -582,18 +584,19 @@ class _PartWriter:
             self._flush_part()
         upload = self._started()
         piece = max(COPY_PIECE, part_size(self.known_bytes, self.part_number, self.minimum_part))
-        spans = copy_pieces(start, end, piece)
-        if not self.copies:  # the first copy of the job tells whether the store does them
+        if not self.copies:
+            # The job's first copy, alone and small, tells whether the store does them at all.
+            probe = start + self.copy_floor if end - start >= 2 * self.copy_floor else end
             try:
-                upload.copy_part(self.part_number, source, *spans[0])
+                upload.copy_part(self.part_number, source, start, probe)
             except CopyRefused:
                 self.copy_refused = True
                 return False
             self.part_number += 1
-            self.progress.add(bytes_written=spans[0][1] - spans[0][0])
-            spans = spans[1:]
+            self.progress.add(bytes_written=probe - start)
+            start = probe
         self.copies += 1
-        for span in spans:
+        for span in copy_pieces(start, end, piece) if start < end else []:
             self._check()
             self.copy_slots.acquire()
             number, self.part_number = self.part_number, self.part_number + 1
@@ -823,6 +826,7 @@ def write_zip(
         known_bytes=plan.known_bytes,
         concurrency=limits.upload_concurrency,
         minimum_part=limits.minimum_part,
+        copy_floor=limits.copy_floor,
         progress=progress,
     )
     archive = _Archive(plan, store, input_bucket, reads, sources, writer, progress, limits)
