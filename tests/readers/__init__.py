@@ -4,11 +4,12 @@ that each finds exactly the expected entries — names, sizes, CRC-32s and bytes
     from readers import check_with_all_readers
     check_with_all_readers(path, {"a.txt": b"...", "big.bin": (size, crc32)}, parse=True)
 
-Readers (``READERS``): Python ``zipfile``; Info-ZIP ``unzip`` (``-t``, ``-lv``, extraction); 7-Zip
-(``t``, ``l -slt``, extraction); libarchive ``bsdtar`` on the file and on a pipe; Java 17
-``ZipFile`` and ``ZipInputStream`` (ZipReaders.java, compiled once into the cache); Node ``yauzl``
-2.10 and 3.x, ``node-stream-zip``, ``unzipper`` ``Open`` and ``Parse`` (readers.cjs, with the
-versions pinned in package.json/package-lock.json installed by ``npm ci`` into the cache). Every
+Readers (``READERS``): Python ``zipfile``; Info-ZIP ``unzip`` (``-t``, ``-lv``, ``-p``); 7-Zip
+(``t``, ``l -slt``, ``x -so``); libarchive ``bsdtar`` (``-tv``, ``-xO``) on the file and on a pipe;
+Java 17 ``ZipFile`` and ``ZipInputStream`` (ZipReaders.java, compiled once into the cache);
+Node ``yauzl`` 2.10 and 3.x, ``node-stream-zip``, ``unzipper`` ``Open`` and ``Parse`` (readers.cjs,
+with the versions pinned in package.json/package-lock.json installed by ``npm ci`` into the
+cache). The command-line readers stream every member to stdout, cut at the sizes they list. Every
 reader yields one row per entry: the name, then size, CRC-32 and SHA-256 computed over the bytes it
 returned, and the size and CRC-32 it declares where it has them; the rows are compared with the
 expectation and every reader that disagrees or fails is named in one AssertionError.
@@ -113,18 +114,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("READERS_CACHE") or REPO / ".cache" / "readers")
 
 
-def _digest_file(path: Path) -> tuple[int, int, str]:
-    sha = hashlib.sha256()
-    crc = 0
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            sha.update(chunk)
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-    return size, crc, sha.hexdigest()
-
-
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", **kwargs.pop("env", {})}
     result = subprocess.run(argv, capture_output=True, timeout=READER_TIMEOUT, env=env, **kwargs)
@@ -138,10 +127,10 @@ def _json_rows(stdout: bytes) -> list[Row]:
     return [Row(**item) for item in json.loads(stdout)]
 
 
-# --- the readers: each takes (archive, a scratch directory) and returns its rows ----------------
+# --- the readers: each takes the archive and returns its rows -----------------------------------
 
 
-def _python_zipfile(path: Path, _scratch: Path) -> list[Row]:
+def _python_zipfile(path: Path) -> list[Row]:
     rows = []
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
@@ -156,72 +145,109 @@ def _python_zipfile(path: Path, _scratch: Path) -> list[Row]:
     return rows
 
 
-def _tree_rows(root: Path) -> list[Row]:
-    """One row per extracted file (extraction readers know no directories' entries)."""
-    rows = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            size, crc, sha = _digest_file(path)
-            rows.append(Row(path.relative_to(root).as_posix(), size, crc, sha))
+def _split_rows(argv: list[str], listing: list[tuple[str, int, int | None]], **kwargs) -> list[Row]:
+    """Rows from a reader that writes every member's bytes to stdout, one after the other, in
+    the order of its own ``listing`` of (name, size, declared CRC-32): each member is cut at the
+    size the reader itself lists, so no file is written and the bytes are read as they stream."""
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env, **kwargs)
+        rows = []
+        try:
+            for name, size, declared_crc in listing:
+                sha = hashlib.sha256()
+                crc = got = 0
+                while got < size:
+                    chunk = proc.stdout.read(min(CHUNK, size - got))
+                    if not chunk:
+                        break
+                    sha.update(chunk)
+                    crc = zlib.crc32(chunk, crc)
+                    got += len(chunk)
+                rows.append(Row(name, got, crc, sha.hexdigest(), size, declared_crc))
+            trailing = len(proc.stdout.read())
+            code = proc.wait(timeout=READER_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        errors.seek(0)
+        if code != 0:
+            tail = errors.read().decode(errors="replace").strip()[-1500:]
+            raise ReaderError(f"`{' '.join(argv[:3])} ...` exited {code}: {tail}")
+    if trailing:
+        raise ReaderError(f"{trailing} bytes more than the listed sizes add up to")
     return rows
 
 
-def _with_declared(rows: list[Row], declared: dict[str, tuple[int, int]]) -> list[Row]:
-    out = []
-    for row in rows:
-        size, crc = declared.get(row.name, (None, None))
-        out.append(Row(row.name, row.size, row.crc32, row.sha256, size, crc))
-    return out
-
-
-def _unzip(path: Path, scratch: Path) -> list[Row]:
+def _unzip(path: Path) -> list[Row]:
+    """``unzip -t``, the ``-lv`` listing, and every member's bytes through ``unzip -p``."""
     _run(["unzip", "-t", "-qq", str(path)])
     listing = _run(["unzip", "-lv", str(path)]).stdout.decode()
-    declared: dict[str, tuple[int, int]] = {}
     lines = listing.splitlines()
     rules = [i for i, line in enumerate(lines) if line.startswith("--------")]
     if len(rules) < 2:
         raise ReaderError(f"unzip -lv: unexpected listing {listing[:500]!r}")
+    members = []
     for line in lines[rules[0] + 1 : rules[1]]:
         length, _method, _size, _ratio, _date, _time, crc, name = line.split(None, 7)
-        declared[name] = (int(length), int(crc, 16))
-    _run(["unzip", "-qq", "-o", str(path), "-d", str(scratch)])
-    return _with_declared(_tree_rows(scratch), declared)
+        members.append((name, int(length), int(crc, 16)))
+    return _split_rows(["unzip", "-p", str(path)], members)
 
 
 def seven_zip() -> str | None:
     return shutil.which("7zz") or shutil.which("7z") or shutil.which("7za")
 
 
-def _7zip(path: Path, scratch: Path) -> list[Row]:
+def _7zip(path: Path) -> list[Row]:
+    """``7z t``, the ``l -slt`` listing, and every member's bytes through ``x -so``."""
     tool = seven_zip() or "7zz"
     _run([tool, "t", "-bd", str(path)])
     listing = _run([tool, "l", "-slt", "-sccUTF-8", "-bd", str(path)]).stdout.decode()
-    declared: dict[str, tuple[int, int]] = {}
+    members = []
     _, _, body = listing.partition("\n----------\n")
     for block in body.split("\n\n"):
         fields = dict(line.split(" = ", 1) for line in block.splitlines() if " = " in line)
-        if "Path" in fields and fields.get("Folder") != "+":
-            crc = fields.get("CRC") or "0"
-            declared[fields["Path"]] = (int(fields["Size"]), int(crc, 16))
-    _run([tool, "x", "-y", "-bd", "-sccUTF-8", f"-o{scratch}", str(path)])
-    return _with_declared(_tree_rows(scratch), declared)
+        if "Path" not in fields:
+            continue
+        folder = fields.get("Folder") == "+"
+        name = fields["Path"] + ("/" if folder and not fields["Path"].endswith("/") else "")
+        crc = fields.get("CRC") or None
+        members.append((name, int(fields.get("Size") or 0), int(crc, 16) if crc else None))
+    return _split_rows([tool, "x", "-so", "-bd", "-sccUTF-8", str(path)], members)
 
 
-def _bsdtar_file(path: Path, scratch: Path) -> list[Row]:
-    _run(["bsdtar", "-xf", str(path), "-C", str(scratch)])
-    return _tree_rows(scratch)
+def _bsdtar_listing(output: bytes) -> list[tuple[str, int, int | None]]:
+    members = []
+    for line in output.decode().splitlines():
+        _mode, _links, _uid, _gid, size, _month, _day, _time, name = line.split(None, 8)
+        members.append((name, int(size), None))
+    return members
 
 
-def _bsdtar_stdin(path: Path, scratch: Path) -> list[Row]:
-    """Through a pipe, so libarchive cannot seek to the central directory and must stream."""
-    cat = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
-    try:
-        _run(["bsdtar", "-xf", "-", "-C", str(scratch)], stdin=cat.stdout)
-    finally:
-        cat.stdout.close()
-        cat.wait()
-    return _tree_rows(scratch)
+def _bsdtar_file(path: Path) -> list[Row]:
+    """The ``-tv`` listing and every member's bytes through ``-xO`` (libarchive, seeking)."""
+    members = _bsdtar_listing(_run(["bsdtar", "-tvf", str(path)]).stdout)
+    return _split_rows(["bsdtar", "-xOf", str(path)], members)
+
+
+def _bsdtar_stdin(path: Path) -> list[Row]:
+    """The same through pipes, so libarchive cannot seek to the central directory: it streams."""
+    with path.open("rb") as handle:
+        cat = subprocess.Popen(["cat"], stdin=handle, stdout=subprocess.PIPE)
+        try:
+            members = _bsdtar_listing(_run(["bsdtar", "-tvf", "-"], stdin=cat.stdout).stdout)
+        finally:
+            cat.stdout.close()
+            cat.wait()
+    with path.open("rb") as handle:
+        cat = subprocess.Popen(["cat"], stdin=handle, stdout=subprocess.PIPE)
+        try:
+            return _split_rows(["bsdtar", "-xOf", "-"], members, stdin=cat.stdout)
+        finally:
+            cat.stdout.close()
+            cat.wait()
 
 
 class Matrix:
@@ -232,7 +258,7 @@ class Matrix:
         self.missing: dict[str, str] = {}
         self.java_classes: Path | None = None
         self.node_modules: Path | None = None
-        self.readers: dict[str, Callable[[Path, Path], list[Row]]] = {
+        self.readers: dict[str, Callable[[Path], list[Row]]] = {
             "python-zipfile": _python_zipfile,
             "unzip": _unzip,
             "7zip": _7zip,
@@ -293,8 +319,8 @@ class Matrix:
         self.readers["java-zipfile"] = self._java("zipfile")
         self.readers["java-zipinputstream"] = self._java("zipinputstream")
 
-    def _java(self, mode: str) -> Callable[[Path, Path], list[Row]]:
-        def read(path: Path, _scratch: Path) -> list[Row]:
+    def _java(self, mode: str) -> Callable[[Path], list[Row]]:
+        def read(path: Path) -> list[Row]:
             argv = ["java", "-Xmx512m", "-cp", str(self.java_classes), "ZipReaders", mode]
             if mode == "zipinputstream":  # a stream, as a download would give it
                 with path.open("rb") as stdin:
@@ -327,16 +353,15 @@ class Matrix:
         for name, mode in NODE_READERS.items():
             self.readers[name] = self._node(mode)
 
-    def _node(self, mode: str) -> Callable[[Path, Path], list[Row]]:
-        def read(path: Path, _scratch: Path) -> list[Row]:
+    def _node(self, mode: str) -> Callable[[Path], list[Row]]:
+        def read(path: Path) -> list[Row]:
             argv = ["node", str(NODE_SCRIPT), mode, str(path)]
             return _json_rows(_run(argv, env={"NODE_PATH": str(self.node_modules)}).stdout)
 
         return read
 
     def read(self, reader: str, path: Path) -> list[Row]:
-        with tempfile.TemporaryDirectory(prefix=f"reader-{reader}-") as scratch:
-            return self.readers[reader](path, Path(scratch))
+        return self.readers[reader](path)
 
 
 _MATRIX: dict[Path, Matrix] = {}
@@ -352,12 +377,8 @@ def matrix() -> Matrix:
         return _MATRIX[cache]
 
 
-def compare(rows: list[Row], expected: Mapping[str, Expected], *, extraction: bool) -> list[str]:
-    """What is wrong with one reader's rows; empty when they match ``expected`` exactly.
-
-    ``extraction``: the reader extracted files, so directory entries (``name/``) cannot appear.
-    """
-    wanted = {k: v for k, v in expected.items() if not (extraction and k.endswith("/"))}
+def compare(rows: list[Row], wanted: Mapping[str, Expected]) -> list[str]:
+    """What is wrong with one reader's rows; empty when they match ``wanted`` exactly."""
     problems: list[str] = []
     seen: dict[str, Row] = {}
     for row in rows:
@@ -389,7 +410,6 @@ def compare(rows: list[Row], expected: Mapping[str, Expected], *, extraction: bo
     return problems
 
 
-EXTRACTING = frozenset({"unzip", "7zip", "bsdtar-file", "bsdtar-stdin"})
 
 
 def run_readers(
@@ -416,7 +436,7 @@ def run_readers(
             return reader, [f"failed: no answer within {READER_TIMEOUT:.0f} s"]
         except Exception as exc:  # Python's zipfile raises its own errors: a failure like others
             return reader, [f"failed: {type(exc).__name__}: {exc}"]
-        return reader, compare(rows, wanted, extraction=reader in EXTRACTING)
+        return reader, compare(rows, wanted)
 
     chosen = [r for r in readers if r in m.readers]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -1,6 +1,6 @@
-"""Set up the reader matrix's cache and say which readers are ready: `PYTHONPATH=tests python3 -m
-readers` (standard library only, so .ci/run can call it before the virtualenv exists). Exits 1 when a
-reader could not be set up."""
+"""Set up the reader matrix's cache and say which readers are ready:
+`PYTHONPATH=tests python3 -m readers` (standard library only, so .ci/run can call it before the
+virtualenv exists). Exits 1 when a reader could not be set up."""
 
 from __future__ import annotations
 
