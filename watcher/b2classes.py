@@ -1,4 +1,8 @@
-"""B2's transaction classes for the S3 operations (pure; the table is cited in docs/b2.md).
+"""B2's transaction classes for the S3 operations (pure).
+
+The table follows Backblaze's "Transactions" price list,
+https://www.backblaze.com/b2/b2-transactions-price.html (its S3 Compatible API column); docs/b2.md
+repeats it.
 
 Backblaze bills S3-compatible calls in three classes: ``a`` (uploads, deletes, multipart
 bookkeeping: free), ``b`` (downloads and HEADs of objects), ``c`` (lists, copies, bucket calls and
@@ -29,6 +33,7 @@ _CLASS_B = frozenset(
     {
         "GetObject",
         "GetObjectLegalHold",
+        "GetObjectLockConfiguration",
         "GetObjectRetention",
         "HeadObject",
     }

@@ -47,13 +47,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from watcher.errors import AccessDenied, ConfigError, StorageError
 from watcher.layout import CLAIMS, claim_base, probe_key
 from watcher.store import Fetched, NotImplementedByStore, Store, server_time
 
 __all__ = ["CLAIMS", "claim_base"]  # re-exported from watcher.layout
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -351,49 +352,71 @@ def observe_versions(store: Store, bucket: str, key: str) -> bool:
     return listed[:2] == [second.version_id, first.version_id]
 
 
+def _with_probe_key(
+    store: Store, bucket: str, prefix: str, what: str, check: Callable[[str], T]
+) -> T:
+    """``check(key)`` on a fresh probe key, which is purged (every version) afterwards; an
+    ``AccessDenied`` becomes a :class:`ConfigError` naming ``what`` was probed."""
+    key = probe_key(prefix, uuid.uuid4().hex)
+    try:
+        return check(key)
+    except AccessDenied as exc:
+        raise _denied(exc, what) from None
+    finally:
+        try:
+            store.delete_all_versions(bucket, key, exact=True)
+        except (AccessDenied, StorageError):
+            pass  # a stray probe key under .claims/ is harmless
+
+
 def probe(store: Store, bucket: str, prefix: str) -> str:
     """Which protocol this store supports: "conditional", "versions" or "single".
 
     Raises :class:`ConfigError` on ``AccessDenied`` (the probe's verdict would be meaningless).
     """
     store = _as_store(store)
-    key = probe_key(prefix, uuid.uuid4().hex)
-    try:
+
+    def pick(key: str) -> str:
         if _has_conditional_writes(store, bucket, key):
             return "conditional"
         if store.bucket_versioning(bucket) != "Enabled":
             return "single"
         return "versions" if observe_versions(store, bucket, key) else "single"
-    except AccessDenied as exc:
-        raise _denied(exc, "the store's features") from None
-    finally:
-        try:
-            store.delete_all_versions(bucket, key, exact=True)
-        except AccessDenied:
-            pass  # already reported, or the caller learns of it at the first claim
-        except StorageError:
-            pass  # a stray probe key under .claims/ is harmless
+
+    return _with_probe_key(store, bucket, prefix, "the store's features", pick)
 
 
 def require_versions(store: Store, bucket: str, prefix: str) -> None:
     """``coordination: versions`` on a store that does not keep versions is a configuration
     error at start-up (CONTRACT §7.11), not a silent stall."""
-    key = probe_key(prefix, uuid.uuid4().hex)
-    try:
-        kept = observe_versions(store, bucket, key)
-    except AccessDenied as exc:
-        raise _denied(exc, "object versions") from None
-    finally:
-        try:
-            store.delete_all_versions(bucket, key, exact=True)
-        except (AccessDenied, StorageError):
-            pass
+    kept = _with_probe_key(
+        store, bucket, prefix, "object versions", lambda key: observe_versions(store, bucket, key)
+    )
     if not kept:
         raise ConfigError(
             "watch.coordination",
             f"'versions' needs a bucket that keeps object versions, and bucket {bucket!r} does "
             "not keep object versions (a key written twice did not list two versions, newest "
             "first): enable versioning or use 'conditional' / 'auto'",
+        )
+
+
+def require_conditional_writes(store: Store, bucket: str, prefix: str) -> None:
+    """``coordination: conditional`` on a store without conditional writes (B2) would fail every
+    claim: a configuration error at start-up instead."""
+    supported = _with_probe_key(
+        store,
+        bucket,
+        prefix,
+        "conditional writes",
+        lambda key: _has_conditional_writes(store, bucket, key),
+    )
+    if not supported:
+        raise ConfigError(
+            "watch.coordination",
+            f"'conditional' needs conditional writes (If-None-Match / If-Match), and the store of "
+            f"bucket {bucket!r} does not honour them (B2 answers 501 NotImplemented): use "
+            "'versions' or 'auto'",
         )
 
 
@@ -414,6 +437,8 @@ def make_claimer(
         mode = probe(store, bucket, prefix)
     elif mode == "versions":
         require_versions(store, bucket, prefix)
+    elif mode == "conditional":
+        require_conditional_writes(store, bucket, prefix)
     if mode == "conditional":
         return ConditionalClaimer(
             store, bucket, prefix, owner=owner, lease_seconds=lease_seconds, **options

@@ -1,7 +1,8 @@
 """Prometheus metrics in a registry of their own (nothing global), served at ``/metrics``.
 
-``storage_requests_total`` is read from the store's own request counter at scrape time: it is
-what lets an operator see the B2 transaction bill coming.
+``storage_requests_total{operation}`` is read from the store's own request counter at scrape time,
+and ``storage_transactions_total{class}`` sums it by B2 transaction class (``a``, ``b``, ``c``;
+:mod:`watcher.b2classes`): they let an operator see the B2 transaction bill coming.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from watcher.b2classes import by_class
+
 
 class _StorageRequests:
     def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
@@ -22,9 +25,19 @@ class _StorageRequests:
         family = CounterMetricFamily(
             "b2zip_storage_requests", "S3 requests sent, retries included", labels=["operation"]
         )
-        for operation, count in sorted(self._counts().items()):
+        counts = self._counts()
+        for operation, count in sorted(counts.items()):
             family.add_metric([operation], count)
         yield family
+        classes = CounterMetricFamily(
+            "b2zip_storage_transactions",
+            "S3 requests sent, retries included, by B2 transaction class (a: uploads and deletes, "
+            "b: downloads and HEADs, c: lists, copies and the rest)",
+            labels=["class"],
+        )
+        for name, count in by_class(counts).items():
+            classes.add_metric([name], count)
+        yield classes
 
 
 class Metrics:

@@ -127,11 +127,11 @@ def make_client(
     client = boto3.session.Session().client(
         "s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=config
     )
-    client.meta.events.register("before-sign.s3", _without_checksum_headers)
+    client.meta.events.register("before-sign.s3", strip_checksum_headers)
     return client
 
 
-def _without_checksum_headers(request: Any = None, **_: Any) -> None:
+def strip_checksum_headers(request: Any = None, **_: Any) -> None:
     """Drop the checksum headers botocore adds where S3 requires an integrity check
     (DeleteObjects), which B2 may refuse, and send the ``Content-MD5`` S3 accepts instead."""
     if request is None:

@@ -38,9 +38,9 @@ def command_args(command: str, tmp_path: Path, config: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def refusing_proxy(s3_server):
+def refusing_proxy(moto_server):
     """Answers every request as a store refusing the access key would."""
-    proxy = FaultProxy(s3_server.port).start()
+    proxy = FaultProxy(moto_server.port).start()
     proxy.add(Fault("status", status=403, code="InvalidAccessKeyId", times=10**9))
     yield proxy
     proxy.stop()
