@@ -237,6 +237,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics = _metrics(store)
         daemon = Daemon(settings, store, claimer, metrics=metrics, log=log)
         http = _start_http(settings, store, daemon, metrics, log=log)
+        notifier = _start_notifier(settings, daemon, log)
         housekeeping = Housekeeping(settings, store.client, metrics=metrics, log=log)
         housekeeping.start()
         wakeup = Listener(settings, daemon.wake)
@@ -254,6 +255,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             return daemon.run()
         finally:
+            if notifier is not None:
+                notifier.stop()
             housekeeping.stop()
             wakeup.stop()
             if http is not None:
@@ -263,8 +266,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             local.stop()
 
 
+def _start_notifier(settings, daemon, log):
+    """Completion callbacks: every finished job's result marker POSTed to notify.url."""
+    if not settings.notify.url:
+        return None
+    from watcher.notify import Notifier
+
+    notifier = Notifier(
+        secret=settings.notify.secret.reveal(), max_attempts=settings.notify.max_attempts, log=log
+    )
+    url = settings.notify.url
+    daemon.set_on_finished(lambda result: notifier.submit(url, result))
+    return notifier
+
+
 def _secret_values(settings) -> list[str]:
-    values = [s.reveal() for s in (settings.http.shared_secret, settings.http.b2_event_secret) if s]
+    secrets = (settings.http.shared_secret, settings.http.b2_event_secret, settings.notify.secret)
+    values = [s.reveal() for s in secrets if s]
     values += [os.environ[k] for k in ("AWS_SECRET_ACCESS_KEY",) if os.environ.get(k)]
     return values
 

@@ -111,6 +111,17 @@ class LinksSettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    url: str | None = None
+    secret: Secret | None = None
+    max_attempts: int = 8
+
+
+def _http_url(v: str) -> str | None:
+    return None if _endpoint(v) is None else "must be an http:// or https:// URL"
+
+
+@dataclass(frozen=True)
 class RetentionSettings:
     done_days: float = 30.0  # 0: keep forever
     failed_days: float = 90.0
@@ -132,6 +143,7 @@ class Settings:
     logging: LoggingSettings = LoggingSettings()
     links: LinksSettings = LinksSettings()
     retention: RetentionSettings = RetentionSettings()
+    notify: NotifySettings = NotifySettings()
     shutdown_grace_seconds: float = 30.0
 
     @property
@@ -257,6 +269,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
             ("LINK_EXPIRES_SECONDS",),
         ),
     },
+    "notify": {
+        "url": Key(str, _http_url, ("NOTIFY_URL",), nullable=True),
+        "secret": Key(str, _nonempty, ("NOTIFY_SECRET",), nullable=True, secret=True),
+        "max_attempts": Key(int, lambda v: None if 1 <= v <= 100 else "must be 1-100"),
+    },
     "retention": {
         "done_days": Key((int, float), _at_least(0)),
         "failed_days": Key((int, float), _at_least(0)),
@@ -275,6 +292,7 @@ _SECTIONS = {
     "logging": LoggingSettings,
     "links": LinksSettings,
     "retention": RetentionSettings,
+    "notify": NotifySettings,
 }
 
 
@@ -366,6 +384,11 @@ def from_mapping(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -> 
     watch = WatchSettings(**sections["watch"])
     if watch.max_idle_interval_seconds < watch.interval_seconds:
         raise ConfigError("watch.max_idle_interval_seconds", "must be >= watch.interval_seconds")
+    notify = sections["notify"]
+    if notify.get("url") and not notify.get("secret"):
+        raise ConfigError(
+            "notify.secret", "must be set (or NOTIFY_SECRET) when callbacks are on: it signs them"
+        )
     built = {name: cls(**sections[name]) for name, cls in _SECTIONS.items() if name != "watch"}
     return Settings(watch=watch, **built, **top)
 

@@ -25,6 +25,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -135,12 +136,18 @@ class Daemon:
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._random = random.Random()
         self.polls = 0
+        self._on_finished: Callable[[dict], None] | None = None
 
     # -- control -----------------------------------------------------------------------------
 
     def wake(self, keys: list[str] | None = None) -> None:
         """Poll now instead of at the next interval (HTTP submissions, B2 events)."""
         self._wake.set()
+
+    def set_on_finished(self, callback: Callable[[dict], None]) -> None:
+        """``callback(result_marker)`` after each job that wrote a result marker and was filed
+        (completion callbacks); it must return at once."""
+        self._on_finished = callback
 
     def request_stop(self) -> None:
         """Signal-safe: the first call stops new work, the second cancels running jobs."""
@@ -372,6 +379,8 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.observe_outcome(outcome)
             self._file(obj.key, succeeded=outcome.state == "succeeded")
+            if self._on_finished is not None and outcome.result is not None:
+                self._on_finished(outcome.result)  # completion callbacks (issue 13)
         except JobCancelled:
             log.warning("job_cancelled", claim_lost=running.claim_lost)
         except WatcherError as exc:

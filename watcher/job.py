@@ -143,7 +143,7 @@ def run_job(
     except Exception:
         log.exception("job_internal_error")
         error = InternalError("an internal error stopped the job; see the daemon's log")
-    result = markers.finished(error)
+    result = markers.finished(error, extra=_download_link(store, settings, manifest.target, error))
     state = result["state"]
     log.info(
         "job_finished",
@@ -197,3 +197,15 @@ def reject_oversized(
     log = log.bind(job_id=job_id)
     log.error("manifest_rejected", code=error.code, error=error.message, target=target)
     return _rejected(store, settings, job_id, target, error, manifest_key=manifest_key, log=log)
+
+
+def _download_link(
+    store: Store, settings: Settings, target: str, error: JobError | None
+) -> dict[str, str] | None:
+    """``download_url`` and its expiry for a succeeded job's result marker (CONTRACT §9)."""
+    if error is not None or settings.links.expires_seconds <= 0:
+        return None
+    from watcher.jobs import presign
+
+    link = presign(store, settings.buckets.output, target, settings.links.expires_seconds)
+    return link.fields()

@@ -123,6 +123,7 @@ def result_doc(
     error: JobError | None,
     finished_at: datetime,
     requests: dict[str, int] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The result marker: every field of the contract's table, entries in archive order."""
     state = "succeeded" if error is None else "failed"
@@ -139,6 +140,8 @@ def result_doc(
     )
     if requests is not None:
         document["requests"] = requests
+    if extra:
+        document.update(extra)  # e.g. download_url (CONTRACT §9)
     return document
 
 
@@ -203,7 +206,11 @@ class MarkerWriter:
             self._ticker = None
 
     def finished(
-        self, error: JobError | None, *, requests: dict[str, int] | None = None
+        self,
+        error: JobError | None,
+        *,
+        requests: dict[str, int] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Make the status marker final, then write the result marker: once, and last."""
         self.stop()
@@ -213,7 +220,12 @@ class MarkerWriter:
         if requests is None:
             requests = job_requests(self.store)
         document = result_doc(
-            self.info, self.progress, error=error, finished_at=finished_at, requests=requests
+            self.info,
+            self.progress,
+            error=error,
+            finished_at=finished_at,
+            requests=requests,
+            extra=extra,
         )
         self.store.put_json(self.info.bucket, result_key(self.info.target), document)
         return document

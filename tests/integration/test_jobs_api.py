@@ -91,6 +91,11 @@ def test_failure_reason_list_retry_and_download(api, s3, bucket, tmp_path, s3_en
     assert code == 200 and data == stored
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.read("a.txt") == b"alpha" * 100 and archive.read("b.txt") == b"beta"
+    # The succeeded result marker carries its own link; a plain GET of it gives the same bytes.
+    marker = read_json(s3, bucket, "out/good.zip.result.json")
+    assert fetch(marker["download_url"]) == (200, stored)
+    assert marker["download_url_expires_at"].endswith("Z")
+    assert "download_url" not in read_json(s3, bucket, "out/bad.zip.result.json")
     assert request(port, "GET", f"/jobs/{bad}/download", headers=AUTH)[0] == 409
     assert request(port, "GET", "/jobs/nobody/download", headers=AUTH)[0] == 404
 

@@ -196,3 +196,20 @@ def test_retention_ages_take_fractions_and_zero_and_refuse_negatives():
     with pytest.raises(ConfigError) as info:
         from_mapping({"retention": {"stale_upload_hours": -1}}, {})
     assert info.value.key == "retention.stale_upload_hours"
+
+
+def test_notify_keys_and_their_checks():
+    settings = from_mapping(
+        {"notify": {"secret": "k" * 8, "max_attempts": 3}},
+        {"NOTIFY_URL": "https://hooks.example.com/zip"},
+    )
+    assert settings.notify.url == "https://hooks.example.com/zip"
+    assert settings.notify.max_attempts == 3 and "k" * 8 not in repr(settings)
+    for data, environ, key in [
+        ({}, {"NOTIFY_URL": "hooks.example.com/zip", "NOTIFY_SECRET": "s"}, "NOTIFY_URL"),
+        ({}, {"NOTIFY_URL": "https://h/zip"}, "notify.secret"),
+        ({"notify": {"max_attempts": 0}}, {}, "notify.max_attempts"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            from_mapping(data, environ)
+        assert info.value.key == key
