@@ -186,12 +186,24 @@ def _with_local_http(settings):
 
     from watcher.config import Secret
 
-    if settings.http.shared_secret is not None:
-        return dataclasses.replace(settings, http=dataclasses.replace(settings.http, enabled=True))
-    secret = Secret(secrets.token_urlsafe(18))
+    secret = settings.http.shared_secret or Secret(secrets.token_urlsafe(18))
+    port = settings.http.port if _port_free(settings.http.host, settings.http.port) else 0
     return dataclasses.replace(
-        settings, http=dataclasses.replace(settings.http, enabled=True, shared_secret=secret)
+        settings,
+        http=dataclasses.replace(settings.http, enabled=True, shared_secret=secret, port=port),
     )
+
+
+def _port_free(host: str, port: int) -> bool:
+    """For the embedded demo only: a busy port (another ``make run``) falls back to a free one."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _local_instructions(local, settings, http_port: int | None) -> str:
