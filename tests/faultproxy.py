@@ -13,26 +13,40 @@ Kinds: ``status`` (answer ``status`` with an S3 error body instead of forwarding
 (forward, then close the connection after ``after_bytes`` of the response body), ``stall``
 (forward, then sleep ``seconds`` before the body), ``truncate`` (announce the full length, send
 ``after_bytes``, then close), ``hang`` (answer nothing for ``seconds``, then close: a store that
-accepts connections and never answers). ``counts`` tallies requests by method and query shape.
+accepts connections and never answers), ``delay`` (sleep ``seconds``, then forward: the request
+reaches the store late), ``late`` (forward, then sleep ``seconds`` before answering anything:
+the store acted at once, the answer comes late), ``drop`` (close the connection without
+forwarding or answering), ``hold`` (keep the request until :meth:`Fault.release` — then forward
+it, or drop it with ``forward=False`` — or until ``seconds`` when they are not 0;
+:meth:`Fault.wait_held` waits for one to arrive). ``counts`` tallies requests by method and
+query shape.
+
+A rule picks requests by ``method``, by ``path`` (a substring of path and query) and by ``key``
+(a regular expression searched in the URL-decoded path, without the query); ``header`` names a
+request header that must be present (e.g. ``x-amz-copy-source`` for a CopyObject).
 """
 
 from __future__ import annotations
 
 import http.client
 import random
+import re
 import socketserver
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import unquote
 
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "cut" | "stall" | "truncate" | "hang"
+    kind: str  # one of the kinds in the module docstring
     method: str | None = None
     path: str | None = None  # substring of the path (query included)
+    key: str | None = None  # regular expression searched in the decoded path without the query
+    header: str | None = None  # a request header that must be present
     nth: int = 1
     times: int = 1
     rate: float | None = None
@@ -42,11 +56,41 @@ class Fault:
     seconds: float = 0.0
     seen: int = 0
     fired: int = 0
+    held: int = 0
+    _released: threading.Event = field(default_factory=threading.Event, repr=False)
+    _forward: bool = True
+    _arrived: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (
-            self.path is None or self.path in path
-        )
+    def matches(self, method: str, path: str, headers: dict[str, str] | None = None) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        if self.path is not None and self.path not in path:
+            return False
+        if self.key is not None and not re.search(self.key, unquote(path.partition("?")[0])):
+            return False
+        if self.header is not None:
+            names = {name.lower() for name in (headers or {})}
+            return self.header.lower() in names
+        return True
+
+    def release(self, *, forward: bool = True) -> None:
+        """Let held requests (and any later ones this rule fires for) go on, or drop them."""
+        self._forward = forward
+        self._released.set()
+
+    def wait_held(self, count: int = 1, timeout: float = 60.0) -> None:
+        """Block until ``count`` requests are being (or have been) held by this rule."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self.held >= count, timeout):
+                raise AssertionError(f"no request held by {self} within {timeout}s")
+
+    def _hold(self) -> bool:
+        """Called on the proxy thread of a held request: True to forward it, False to drop."""
+        with self._arrived:
+            self.held += 1
+            self._arrived.notify_all()
+        self._released.wait(self.seconds or None)
+        return self._forward
 
 
 def query_shape(method: str, path: str) -> str:
@@ -90,7 +134,7 @@ class FaultProxy:
             self.requests.append((method, path, headers))
             chosen = None
             for fault in self.faults:  # every matching rule counts the request
-                if not fault.matches(method, path):
+                if not fault.matches(method, path, headers):
                     continue
                 fault.seen += 1
                 if fault.rate is not None:
@@ -122,6 +166,14 @@ class FaultProxy:
                     time.sleep(fault.seconds)
                     self.close_connection = True
                     return
+                kind = fault.kind if fault is not None else None
+                if kind == "delay":
+                    time.sleep(fault.seconds)
+                if (kind == "hold" and not fault._hold()) or kind == "drop":
+                    self.close_connection = True
+                    return
+                if kind in ("delay", "hold"):
+                    fault = None  # forwarded as it is, only later
                 if fault is not None and fault.kind == "status":
                     payload = (
                         f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
@@ -142,6 +194,9 @@ class FaultProxy:
                     data = response.read()
                 finally:
                     upstream.close()
+                if fault is not None and fault.kind == "late":
+                    time.sleep(fault.seconds)
+                    fault = None
                 self.send_response(response.status)
                 for name, value in response.getheaders():
                     if name.lower() not in ("connection", "transfer-encoding", "content-length"):

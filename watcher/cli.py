@@ -556,7 +556,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_zip(args: argparse.Namespace) -> int:
     """One job in the foreground: the daemon's pipeline and markers, no claims."""
-    from watcher.job import run_job
+    from watcher.job import run_foreground
     from watcher.logs import configure_logging
     from watcher.store import Store
 
@@ -565,7 +565,12 @@ def _cmd_zip(args: argparse.Namespace) -> int:
     require_usable(settings, ("buckets.input", "buckets.output"))
     log = configure_logging(settings.logging, secrets=_secret_values(settings))
     store = Store(_client(settings, log, max_pool_connections=64))
-    outcome = run_job(store, settings, raw, manifest_key=None, log=log)
+    try:
+        outcome = run_foreground(store, settings, raw, log=log)
+    except KeyboardInterrupt:
+        print("interrupted: the job was cancelled", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # a worker thread stuck in a read would otherwise hold the exit up
     result = outcome.result or {}
     if outcome.state == "succeeded":
         print(

@@ -66,6 +66,7 @@ class WatchSettings:
     lease_seconds: float = 60.0
     max_concurrent_jobs: int = 2
     coordination: str = "auto"
+    max_attempts: int = 5
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lease_seconds": Key((int, float), _at_least(2)),
         "max_concurrent_jobs": Key(int, _at_least(1)),
         "coordination": Key(str, _one_of("auto", "conditional", "versions", "single")),
+        "max_attempts": Key(int, _at_least(1)),
     },
     "http": {
         "enabled": Key(

@@ -1,32 +1,50 @@
 """The long-running daemon: watch the requests prefix, claim, run, file, recover.
 
-One loop, driven by APScheduler's BackgroundScheduler:
+:meth:`Daemon.run` is the loop, on the main thread, and reads like this docstring::
 
-* ``tick`` (every second, never overlapping): when a poll is due — the interval has passed, a job
-  just finished, or the HTTP trigger / a B2 event woke us — list the requests prefix once, and for
-  as many pending manifests as there are free slots (picked among the oldest, see
-  :func:`pick_batch`): claim them at once, then hand each won job to the worker pool.
-  Polls back off from ``interval_seconds`` to ``max_idle_interval_seconds`` while nothing happens
-  (every ListObjectsV2 is a billed Class C transaction on B2).
-* ``renew`` (every third of ``lease_seconds``): renew the claim of every running job; a job whose
-  claim was lost is cancelled, because someone else owns it now.
-* each job: read the manifest, run it (``job.run_job`` writes the markers), then file the manifest
-  under ``done/`` or ``failed/`` — copy first, delete second, so it is never lost — and release
-  the claim.
+    until asked to stop:
+        when a poll is due (the interval passed, a job ended, or the HTTP trigger or a B2 event
+        woke us): list the requests prefix once, claim pending manifests for the free slots and
+        admit each won claim as a job on its own thread
+        beat systemd's watchdog
+        sleep until the next poll is due or something wakes us
+    drain (see :meth:`Jobs.drain`)
+
+Polls back off from ``interval_seconds`` to ``max_idle_interval_seconds`` while nothing happens
+(every ListObjectsV2 is a billed Class C transaction on B2).
+
+:class:`Jobs` owns the live jobs and their whole state machine: admission (refused once
+draining: a claim won after the signal is released, not run), renewal, fencing and release of
+their claims (one lock per job, so they never overlap), cancellation (``cancel(job_id)``), and
+draining the live set — never a snapshot of it. APScheduler runs only what is periodic: claim
+renewals every third of the lease, and housekeeping registered with :meth:`Daemon.add_periodic`.
+
+One job, on its thread (:meth:`Daemon._perform`): read the manifest once, remembering its version
+(ETag, VersionId: CONTRACT §7.1); if the result marker at its target is that version's commit
+record, file it without running (§7.2); claim the target too, or leave the manifest for a later
+poll while another job writes that target (§7.4); after too many attempts, fail it for good
+(§7.5); else run it, confirming both claims before each commit (§7.3), file exactly that version
+under ``done/`` or ``failed/`` and release the claims. A job that fails on infrastructure keeps
+its claim record, which counts the attempts and holds the job back for a backoff.
 
 Shutdown is a state, not an exception: the first SIGTERM/SIGINT stops new work and gives running
 jobs ``shutdown_grace_seconds``; after that (or at a second signal) they are cancelled, which
-aborts their uploads, and their claims are released so another daemon retakes them at once.
+aborts their uploads, marks their status ``cancelled`` and releases their claims. A job whose
+thread is stuck in a read is cleaned up by its owner instead, and the process exits anyway.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -34,11 +52,19 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from watcher import sdnotify
-from watcher.errors import InvalidManifest, JobCancelled, StorageError, WatcherError
-from watcher.job import reject_oversized, run_job
+from watcher import intake, sdnotify
+from watcher.errors import (
+    InvalidManifest,
+    JobCancelled,
+    JobError,
+    StorageError,
+    WatcherError,
+)
+from watcher.job import CLAIM_LOST, REQUESTED, SHUTDOWN, Running, reject_oversized, run_job
 from watcher.layout import filed_key, is_manifest_key
-from watcher.manifest import MAX_MANIFEST_BYTES
+from watcher.manifest import MAX_MANIFEST_BYTES, guess_id, guess_target, job_id_for
+from watcher.markers import JobInfo, MarkerWriter, Progress, result_key
+from watcher.store import error_code, translate_client_error
 
 if TYPE_CHECKING:
     from watcher.claims import Claim, Claimer
@@ -46,7 +72,10 @@ if TYPE_CHECKING:
     from watcher.metrics import Metrics
     from watcher.store import Store
 
-TICK_SECONDS = 1.0
+# A cancelled job gets this long to abort its upload and mark its status before its owner does.
+STOP_WAIT_SECONDS = 3.0
+# Backoff between failed attempts of one manifest: this, doubling, capped at the lease.
+BACKOFF_SECONDS = 1.0
 
 
 def next_interval(current: float, *, busy: bool, base: float, ceiling: float) -> float:
@@ -74,11 +103,347 @@ def pick_batch(candidates: list[Any], free: int, rng: random.Random) -> list[Any
     return rng.sample(window, min(free, len(window)))
 
 
+def target_claim_key(prefix: str, bucket: str, target: str) -> str:
+    """The pseudo manifest key whose claim is the claim on ``target`` (CONTRACT §7.4).
+
+    Under ``<prefix>.claims/targets/``: a manifest name never contains ``/``, so it cannot collide.
+    """
+    digest = hashlib.sha256(f"{bucket}\0{target}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{prefix}targets/{digest[:40]}"
+
+
+def backoff_seconds(attempts: int, ceiling: float) -> float:
+    """How long a manifest rests after its ``attempts``-th failed attempt (pure)."""
+    return min(ceiling, BACKOFF_SECONDS * 2 ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True)
+class ManifestVersion:
+    """One version of one manifest, as read when it was claimed: the job's identity (§7.1)."""
+
+    key: str
+    body: bytes
+    etag: str
+    version_id: str | None
+    run: str  # the claim's run id: differs between drops of identical content (see claims.md)
+
+    def identity(self) -> dict[str, Any]:
+        return {"etag": self.etag, "version_id": self.version_id, "run": self.run or None}
+
+    def committed_by(self, result: Any) -> bool:
+        """Whether ``result`` (a result marker document) is this version's commit record."""
+        if not isinstance(result, dict) or result.get("manifest") != self.key:
+            return False
+        recorded = result.get("manifest_version")
+        if not isinstance(recorded, dict):
+            return False
+        mine = self.identity()
+        return all(recorded.get(name) == mine[name] for name in ("etag", "version_id", "run"))
+
+
+def _is_precondition_failure(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and error_code(exc) in ("PreconditionFailed", "412")
+
+
+class _ManifestFiles:
+    """The manifest's own objects: read one version, file exactly that version (§7.1).
+
+    Raw client calls for the few conditional forms the Store has no verb for yet.
+    """
+
+    def __init__(self, store: Store, bucket: str, prefix: str) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.prefix = prefix
+
+    @property
+    def client(self) -> Any:
+        return self.store.client
+
+    def read(self, key: str, run: str) -> ManifestVersion | None:
+        """The manifest as it is now, or None when it is gone; TooLarge past the size limit."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from watcher.errors import MissingInput
+        from watcher.store import TooLarge
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            error = translate_client_error(exc, bucket=self.bucket, key=key)
+            if isinstance(error, MissingInput):
+                return None
+            raise error from None
+        try:
+            if response["ContentLength"] > MAX_MANIFEST_BYTES:
+                raise TooLarge(
+                    f"s3://{self.bucket}/{key} is larger than {MAX_MANIFEST_BYTES} bytes"
+                )
+            body = response["Body"].read()
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise translate_client_error(exc, bucket=self.bucket, key=key) from None
+        finally:
+            response["Body"].close()
+        return ManifestVersion(key, body, response.get("ETag", ""), response.get("VersionId"), run)
+
+    def file(self, version: ManifestVersion, *, succeeded: bool) -> None:
+        """Put exactly ``version`` under done/ or failed/, then delete exactly that version.
+
+        The copy is conditional on the version (CopySourceIfMatch, or the VersionId); when the
+        manifest was overwritten meanwhile, the bytes we ran are written instead. The delete is
+        by VersionId on a versioned bucket, else conditional on the ETag: a newer version with
+        other content stays, and is a new job.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        destination = filed_key(self.prefix, version.key, succeeded)
+        source: dict[str, str] = {"Bucket": self.bucket, "Key": version.key}
+        if version.version_id:
+            source["VersionId"] = version.version_id
+        try:
+            try:
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=destination,
+                    CopySource=source,
+                    CopySourceIfMatch=version.etag,
+                )
+            except ClientError as exc:
+                if not _is_precondition_failure(exc) and error_code(exc) not in (
+                    "NoSuchKey",
+                    "404",
+                    "NoSuchVersion",
+                ):
+                    raise
+                self.store.put_bytes(
+                    self.bucket, destination, version.body, content_type="application/json"
+                )
+            try:
+                if version.version_id:
+                    self.client.delete_object(
+                        Bucket=self.bucket, Key=version.key, VersionId=version.version_id
+                    )
+                else:
+                    self.client.delete_object(
+                        Bucket=self.bucket, Key=version.key, IfMatch=version.etag
+                    )
+            except ClientError as exc:
+                if not _is_precondition_failure(exc) and error_code(exc) not in (
+                    "NoSuchKey",
+                    "404",
+                ):
+                    raise
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, bucket=self.bucket, key=version.key) from None
+
+
+# -- the live jobs ----------------------------------------------------------------------------
+
+
+@dataclass
+class LiveJob:
+    """One admitted job: its claims, its cancellation and its thread."""
+
+    key: str
+    claim: Claim
+    target_claim: Claim | None = None
+    job_id: str | None = None
+    waiting: bool = False  # left for a later poll: its target is busy
+    running: Running = field(default_factory=Running)
+    thread: threading.Thread | None = None
+    claim_lost: bool = False
+    released: bool = False
+    # Renewal (scheduler thread), fencing and release (job thread, or the owner at shutdown) of
+    # this job's claims never overlap.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def cancel(self) -> Any:
+        return self.running.cancel
+
+
+class Jobs:
+    """The owner of every live job's state (see the module docstring)."""
+
+    def __init__(self, claimer: Claimer, capacity: int, log: Any) -> None:
+        self.claimer = claimer
+        self.capacity = capacity
+        self.log = log
+        self._lock = threading.Lock()
+        self._live: dict[str, LiveJob] = {}
+        self._changed = threading.Condition(self._lock)
+        self.draining = False
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def free(self) -> int:
+        with self._lock:
+            return 0 if self.draining else self.capacity - len(self._live)
+
+    def busy(self, key: str) -> bool:
+        with self._lock:
+            return key in self._live
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def admit(self, key: str, claim: Claim, start: Callable[[LiveJob], None]) -> bool:
+        """Start a job for a won claim; refused (and the claim released) once draining."""
+        with self._lock:
+            admitted = not self.draining and key not in self._live
+            if admitted:
+                live = LiveJob(key, claim)
+                self._live[key] = live
+        if not admitted:
+            self.log.info("claim_returned", manifest=key, draining=self.draining)
+            self._release_claim(claim)
+            return False
+        start(live)
+        return True
+
+    def finished(self, live: LiveJob) -> None:
+        with self._changed:
+            self._live.pop(live.key, None)
+            self._changed.notify_all()
+
+    # -- claims -------------------------------------------------------------------------------
+
+    def _claims(self, live: LiveJob) -> list[tuple[str, Claim]]:
+        claims = [("claim", live.claim)]
+        if live.target_claim is not None:
+            claims.append(("target_claim", live.target_claim))
+        return claims
+
+    def _renew(self, live: LiveJob) -> bool:
+        """Renew the job's claims (holding its lock); False when one of them is lost."""
+        for name, claim in self._claims(live):
+            try:
+                renewed = self.claimer.renew(claim)
+            except WatcherError as exc:
+                if time.time() < claim.expires_at - 1.0:
+                    self.log.warning("claim_renew_failed", manifest=live.key, error=exc.message)
+                    continue
+                renewed = None  # it may have expired by now: count it lost
+            if renewed is None:
+                return False
+            setattr(live, name, renewed)
+        return True
+
+    def renew_all(self) -> None:
+        """Renew every live job's claims, all jobs at once (one slow answer must not hold the
+        others' renewals past their lease); a job whose claim is lost is cancelled at once."""
+        with self._lock:
+            jobs = list(self._live.values())
+        if not jobs:
+            return
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="renew") as pool:
+            list(pool.map(self._renew_one, jobs))
+
+    def _renew_one(self, live: LiveJob) -> None:
+        with live.lock:
+            if live.released or live.claim_lost:
+                return
+            if not self._renew(live):
+                self._lose(live, "renewal")
+
+    def _lose(self, live: LiveJob, when: str) -> None:
+        self.log.error("claim_lost", manifest=live.key, job_id=live.job_id, when=when)
+        live.claim_lost = True
+        live.cancel.set(CLAIM_LOST)
+
+    def fence(self, live: LiveJob) -> None:
+        """Confirm the job still owns its claims right before a commit, else cancel it (§7.3)."""
+        with live.lock:
+            if not live.claim_lost and not live.released and self._renew(live):
+                return
+            if not live.claim_lost:
+                self._lose(live, "fence")
+        raise JobCancelled("the job's claim was lost; another daemon owns it now")
+
+    def take_target(self, live: LiveJob, target_key: str) -> bool:
+        claim = self.claimer.claim(target_key)
+        with live.lock:
+            live.target_claim = claim
+        return claim is not None
+
+    def release(self, live: LiveJob, *, park_seconds: float | None = None) -> None:
+        """Release the job's claims — or, with ``park_seconds``, keep the manifest's claim
+        record (its attempt counter) and let it expire after that long (§7.5)."""
+        with live.lock:
+            if live.released:
+                return
+            live.released = True
+            if live.claim_lost:
+                return
+            if live.target_claim is not None:
+                self._release_claim(live.target_claim)
+            if park_seconds is None:
+                self._release_claim(live.claim)
+            else:
+                self._park_claim(live.claim, park_seconds)
+
+    def _release_claim(self, claim: Claim) -> None:
+        try:
+            self.claimer.release(claim)
+        except WatcherError as exc:
+            self.log.warning("claim_release_failed", manifest=claim.manifest_key, error=exc.message)
+
+    def _park_claim(self, claim: Claim, seconds: float) -> None:
+        park = getattr(self.claimer, "park", None)
+        if park is None:
+            return  # the claim expires after its lease: a backoff of lease_seconds
+        try:
+            park(claim, seconds)
+        except WatcherError as exc:
+            self.log.warning("claim_park_failed", manifest=claim.manifest_key, error=exc.message)
+
+    # -- cancellation and draining --------------------------------------------------------------
+
+    def cancel(self, job_id: str, reason: str = REQUESTED) -> bool:
+        """Cancel the live job ``job_id`` (e.g. at a user's request); False when none runs."""
+        with self._lock:
+            found = [live for live in self._live.values() if live.job_id == job_id]
+        for live in found:
+            live.cancel.set(reason)
+        return bool(found)
+
+    def stop_admitting(self) -> None:
+        with self._lock:
+            self.draining = True
+
+    def drain(self, grace: float, cancel_now: threading.Event) -> list[LiveJob]:
+        """Wait for the live set to empty within ``grace`` (or until ``cancel_now``); then cancel
+        what is left and give it :data:`STOP_WAIT_SECONDS`. Returns the jobs that did not stop.
+
+        Admission is closed first, so the live set only shrinks: waiting on it, not on a
+        snapshot, covers a job admitted a moment before the signal.
+        """
+        self.stop_admitting()
+        deadline = time.monotonic() + grace
+        with self._changed:
+            while self._live and not cancel_now.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(min(0.2, remaining))
+            left = list(self._live.values())
+        for live in left:
+            live.cancel.set(SHUTDOWN)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        with self._changed:
+            while self._live and time.monotonic() < deadline:
+                self._changed.wait(0.1)
+            return list(self._live.values())
+
+
 class _SkippedRunFilter(logging.Filter):
     """Drops APScheduler's warning that a run was skipped because the previous one still runs.
 
-    That is how ticks and renewals are meant to work (never two at once); the warning would add a
-    line every second while a long poll runs.
+    That is how renewals are meant to work (never two at once); the warning would add a line
+    every time a slow renewal overlaps the next.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -86,19 +451,6 @@ class _SkippedRunFilter(logging.Filter):
 
 
 _SKIPPED_RUN_FILTER = _SkippedRunFilter()
-
-
-@dataclass
-class _Running:
-    key: str
-    claim: Claim
-    cancel: threading.Event = field(default_factory=threading.Event)
-    future: Future | None = None
-    claim_lost: bool = False
-    released: bool = False
-    # Renewal (scheduler thread) and release (job thread) of one claim never overlap: a renewal
-    # that listed the claim while it was being released would report it lost.
-    claim_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Daemon:
@@ -123,18 +475,17 @@ class Daemon:
         watch = settings.watch
         self.bucket = settings.watch_bucket
         self.prefix = watch.prefix
+        self.max_attempts = watch.max_attempts
+        self.jobs = Jobs(claimer, watch.max_concurrent_jobs, self.log)
+        self.manifests = _ManifestFiles(store, self.bucket, self.prefix)
         self._interval = watch.interval_seconds
         self._next_poll = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancel_now = threading.Event()
-        self._lock = threading.Lock()
-        self._running: dict[str, _Running] = {}
-        self._executor = ThreadPoolExecutor(
-            max_workers=watch.max_concurrent_jobs, thread_name_prefix="job"
-        )
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._random = random.Random()
+        self._cancel_check: Callable[[str], bool] | None = None
         self.polls = 0
         self._on_finished: Callable[[dict], None] | None = None
 
@@ -154,29 +505,38 @@ class Daemon:
         if self._stopping.is_set():
             self._cancel_now.set()
         self._stopping.set()
+        self._wake.set()
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
     def running_jobs(self) -> int:
-        with self._lock:
-            return len(self._running)
+        return self.jobs.count()
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the job ``job_id`` if it runs here: it ends ``failed`` with code ``cancelled``
+        (result marker written, upload aborted, manifest under ``failed/``). False when it does
+        not run here."""
+        return self.jobs.cancel(job_id)
+
+    def set_cancel_check(self, check: Callable[[str], bool]) -> None:
+        """``check(job_id)`` is asked once a job is claimed and its id known, before it runs; a
+        True answer cancels it as :meth:`cancel` does."""
+        self._cancel_check = check
+
+    def add_periodic(self, func: Callable[[], None], seconds: float, name: str) -> None:
+        """Run ``func`` every ``seconds`` on the scheduler's thread (housekeeping), never two at
+        once; it stops with the daemon."""
+        self._scheduler.add_job(
+            func, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
+        )
 
     def start(self) -> None:
         lease = self.settings.watch.lease_seconds
         logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_RUN_FILTER)
         self._scheduler.add_job(
-            self._tick,
-            "interval",
-            seconds=TICK_SECONDS,
-            id="tick",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-        self._scheduler.add_job(
-            self._renew_all,
+            self.jobs.renew_all,
             "interval",
             seconds=max(1.0, lease / 3),
             id="renew",
@@ -193,64 +553,78 @@ class Daemon:
         )
 
     def run(self) -> int:
-        """Start, tell systemd we are ready, heartbeat until asked to stop, then shut down."""
+        """The loop of the module docstring; returns the exit code."""
         self.start()
         sdnotify.notify("READY=1", environ=self._environ)
         heartbeat = sdnotify.watchdog_interval(self._environ)
         last_beat = 0.0
         while not self._stopping.is_set():
-            time.sleep(0.2)
+            if self._poll_due():
+                self._poll()
             now = time.monotonic()
-            if heartbeat and now - last_beat >= heartbeat and self._scheduler.running:
+            if heartbeat and now - last_beat >= heartbeat:
                 sdnotify.notify("WATCHDOG=1", environ=self._environ)
                 last_beat = now
+            self._wake.wait(max(0.05, min(1.0, self._next_poll - time.monotonic())))
         sdnotify.notify("STOPPING=1", environ=self._environ)
-        self.shutdown()
+        stuck = self.shutdown()
+        if stuck:
+            # Threads blocked in a read would hold the interpreter's exit up until it times out.
+            self.log.warning("exiting_with_stuck_reads", jobs=stuck)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         return 0
 
-    def shutdown(self) -> None:
-        """Let running jobs finish within the grace period, then cancel them; release claims."""
+    def shutdown(self) -> int:
+        """Drain (see :meth:`Jobs.drain`); clean up after jobs stuck in a read. Returns how many
+        job threads are still stuck."""
         self._stopping.set()
         grace = self.settings.shutdown_grace_seconds
-        with self._lock:
-            pending = [r for r in self._running.values() if r.future is not None]
-        self.log.info("daemon_stopping", running_jobs=len(pending), grace_seconds=grace)
-        deadline = time.monotonic() + grace
-        while pending and time.monotonic() < deadline and not self._cancel_now.is_set():
-            pending = [r for r in pending if r.future is not None and not r.future.done()]
-            time.sleep(0.1)
-        for running in pending:
-            running.cancel.set()
-        for running in pending:
-            if running.future is not None:
-                try:
-                    running.future.exception(timeout=60)
-                except TimeoutError:
-                    self.log.error("job_did_not_stop", manifest=running.key)
+        self.log.info("daemon_stopping", running_jobs=self.jobs.count(), grace_seconds=grace)
+        stuck = self.jobs.drain(grace, self._cancel_now)
+        for live in stuck:
+            self._clean_up_stuck(live)
         self._scheduler.shutdown(wait=False)
-        self._executor.shutdown(wait=True, cancel_futures=True)
         self.log.info("daemon_stopped")
+        return len(stuck)
+
+    def _clean_up_stuck(self, live: LiveJob) -> None:
+        """A cancelled job whose thread does not come back (a read that hangs): do what it would
+        have done — abort its upload, mark it cancelled, release its claims."""
+        log = self.log.bind(manifest=live.key, job_id=live.job_id)
+        log.error("job_did_not_stop")
+        markers = live.running.markers
+        if markers is not None and not live.claim_lost:
+            output, target = markers.info.bucket, markers.info.target
+            try:
+                for upload in self.store.list_multipart_uploads(output, target):
+                    if upload["Key"] == target:
+                        self.store.abort_upload(output, target, upload["UploadId"])
+            except WatcherError as exc:
+                log.warning("upload_abort_failed", error=exc.message)
+            live.running.mark_cancelled(log)
+        self.jobs.release(live)
 
     # -- polling -----------------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        if self._stopping.is_set():
-            return
-        now = time.monotonic()
-        periodic = self.settings.watch.enabled and now >= self._next_poll
-        if not self._wake.is_set() and not periodic:
-            return
-        self._wake.clear()
-        if self.running_jobs() >= self.settings.watch.max_concurrent_jobs:
-            self._next_poll = now + self.settings.watch.interval_seconds
+    def _poll_due(self) -> bool:
+        if self._wake.is_set():
+            self._wake.clear()
+            return True
+        return self.settings.watch.enabled and time.monotonic() >= self._next_poll
+
+    def _poll(self) -> None:
+        watch = self.settings.watch
+        if self.jobs.free() <= 0:
+            self._next_poll = time.monotonic() + watch.interval_seconds
             return
         try:
             pending = self.poll_once()
         except WatcherError as exc:
             self.log.warning("poll_failed", code=exc.code, error=exc.message)
             pending = 0
-        busy = pending > 0 or self.running_jobs() > 0
-        watch = self.settings.watch
+        busy = pending > 0 or self.jobs.count() > 0
         self._interval = next_interval(
             self._interval,
             busy=busy,
@@ -271,19 +645,19 @@ class Daemon:
         self.polls += 1
         pending = self._pending()
         if self.metrics is not None:
-            self.metrics.manifests_pending.set(len(pending))
+            waiting = [o for o in pending if not self.jobs.busy(o.key)]
+            self.metrics.manifests_pending.set(len(waiting))
         listed_at = time.monotonic()
         tried: set[str] = set()
         candidates = pending
         while not self._stopping.is_set():
-            with self._lock:
-                free = self.settings.watch.max_concurrent_jobs - len(self._running)
-                candidates = [o for o in candidates if o.key not in self._running]
+            free = self.jobs.free()
+            candidates = [o for o in candidates if not self.jobs.busy(o.key)]
             if free <= 0 or not candidates:
                 break
             batch = pick_batch(candidates, free, self._random)
             for obj, claim in self._claim_all(batch):
-                self._start(obj, claim)
+                self.jobs.admit(obj.key, claim, self._start)
             tried.update(o.key for o in batch)
             if time.monotonic() - listed_at > STALE_LISTING_SECONDS:
                 candidates = self._pending()
@@ -314,154 +688,190 @@ class Daemon:
             claims = list(pool.map(attempt, batch))
         return [(obj, claim) for obj, claim in zip(batch, claims, strict=True) if claim]
 
-    def _start(self, obj: Any, claim: Claim) -> None:
-        running = _Running(key=obj.key, claim=claim)
-        with self._lock:
-            self._running[obj.key] = running
-        running.future = self._executor.submit(self._perform, obj, running)
-
-    def _renew_all(self) -> None:
-        with self._lock:
-            jobs = list(self._running.values())
-        for running in jobs:
-            if running.future is not None and running.future.done():
-                continue
-            with running.claim_lock:
-                if running.released:
-                    continue
-                try:
-                    renewed = self.claimer.renew(running.claim)
-                except WatcherError as exc:
-                    self.log.warning("claim_renew_failed", manifest=running.key, error=exc.message)
-                    continue
-                if renewed is None:
-                    self.log.error("claim_lost", manifest=running.key)
-                    running.claim_lost = True
-                    running.cancel.set()
-                else:
-                    running.claim = renewed
+    def _start(self, live: LiveJob) -> None:
+        live.thread = threading.Thread(
+            target=self._perform, args=(live,), name=f"job-{live.key}", daemon=True
+        )
+        live.thread.start()
 
     # -- one job -----------------------------------------------------------------------------
 
-    def _perform(self, obj: Any, running: _Running) -> None:
-        log = self.log.bind(manifest=obj.key)
+    def _perform(self, live: LiveJob) -> None:
+        log = self.log.bind(manifest=live.key)
+        park: float | None = None
         try:
-            if self._already_filed(obj):
-                log.info("manifest_already_filed")
-                self.store.delete(self.bucket, obj.key)
-                return
-            try:
-                raw = self.store.get_bytes(self.bucket, obj.key, max_bytes=MAX_MANIFEST_BYTES)
-            except InvalidManifest as exc:  # over the size limit
-                reject_oversized(self.store, self.settings, obj.key, exc, log=log)
-                self._file(obj.key, succeeded=False)
-                return
-            if raw is None:
-                log.info("manifest_gone")
-                return
-            cancel = _either(running.cancel, self._cancel_now)
-            if self.metrics is not None:
-                self.metrics.job_started()
-            try:
-                outcome = run_job(
-                    self.store,
-                    self.settings,
-                    raw,
-                    manifest_key=obj.key,
-                    cancel=cancel,
-                    log=log,
-                    on_start=self._on_job_start,
-                )
-            except BaseException:
-                if self.metrics is not None:
-                    self.metrics.jobs_running.dec()
-                raise
-            if self.metrics is not None:
-                self.metrics.observe_outcome(outcome)
-            self._file(obj.key, succeeded=outcome.state == "succeeded")
-            if self._on_finished is not None and outcome.result is not None:
-                self._on_finished(outcome.result)  # completion callbacks (issue 13)
+            park = self._run_version(live, log)
         except JobCancelled:
-            log.warning("job_cancelled", claim_lost=running.claim_lost)
+            log.warning("job_cancelled", reason=live.cancel.reason)
         except WatcherError as exc:
             log.error("job_infrastructure_error", code=exc.code, error=exc.message)
+            park = self._failed_attempt(live, exc, log)
         except Exception:
             log.exception("job_crashed")
+            park = backoff_seconds(self._attempts(live), self.settings.watch.lease_seconds)
         finally:
-            self._release(running, log)
-            with self._lock:
-                self._running.pop(obj.key, None)
-            self._wake.set()
+            self.jobs.release(live, park_seconds=park)
+            self.jobs.finished(live)
+            if not live.waiting:
+                self._wake.set()  # a slot is free: poll now
 
-    def _release(self, running: _Running, log: Any) -> None:
-        """Release a finished job's claim (unless it was lost); never while it is being renewed."""
-        with running.claim_lock:
-            running.released = True
-            if running.claim_lost:
-                return
+    def _attempts(self, live: LiveJob) -> int:
+        return int(getattr(live.claim, "attempts", 1) or 1)
+
+    def _run_version(self, live: LiveJob, log: Any) -> float | None:
+        """One claimed manifest, start to end. Returns a backoff when the attempt failed on
+        infrastructure and the claim record should hold the manifest back, else None."""
+        run = getattr(live.claim, "run", "") or ""
+        try:
+            version = self.manifests.read(live.key, run)
+        except InvalidManifest as exc:  # over the size limit: it can never run
+            reject_oversized(self.store, self.settings, live.key, exc, log=log)
+            self.store.copy(self.bucket, live.key, filed_key(self.prefix, live.key, False))
+            self.store.delete(self.bucket, live.key)
+            return None
+        if version is None:
+            log.info("manifest_gone")
+            return None
+        job_id = job_id_for(None, live.key)
+        target = guess_target(version.body, requests_prefix=self.prefix)
+        live.job_id = guess_id(version.body) or job_id
+        log = log.bind(job_id=live.job_id, etag=version.etag, run=version.run or None)
+        if target is not None:
+            committed = self._commit_record(version, target)
+            if committed is not None:
+                log.info("job_already_committed", target=target)
+                succeeded = committed.get("state") == "succeeded"
+                self._file(live, version, succeeded=succeeded, log=log)
+                return None
+            key = target_claim_key(self.prefix, self.settings.buckets.output, target)
+            if not self.jobs.take_target(live, key):
+                log.info("target_busy", target=target)
+                live.waiting = True
+                return None
+        attempts = self._attempts(live)
+        if attempts > self.max_attempts:
+            error = StorageError(f"gave up after {attempts - 1} attempts")
+            self._dead_letter(live, version, error, log, attempts=attempts - 1)
+            return None
+        if self._cancel_check is not None and self._cancel_check(live.job_id):
+            live.cancel.set(REQUESTED)
+        if self.metrics is not None:
+            self.metrics.job_started()
+        try:
+            outcome = run_job(
+                self.store,
+                self.settings,
+                version.body,
+                manifest_key=live.key,
+                running=live.running,
+                fence=lambda: self.jobs.fence(live),
+                manifest_version=version.identity(),
+                log=log,
+                on_start=self._on_job_start,
+            )
+        except BaseException:
+            if self.metrics is not None:
+                self.metrics.jobs_running.dec()
+            raise
+        live.job_id = outcome.job_id
+        if self.metrics is not None:
+            self.metrics.observe_outcome(outcome)
+        self._file(live, version, succeeded=outcome.state == "succeeded", log=log)
+        if self._on_finished is not None and outcome.result is not None:
+            self._on_finished(outcome.result)  # completion callbacks (issue 13)
+        return None
+
+    def _commit_record(self, version: ManifestVersion, target: str) -> dict[str, Any] | None:
+        """The result marker at ``target`` when it is this version's commit record (§7.2)."""
+        try:
+            raw = self.store.get_bytes(
+                self.settings.buckets.output, result_key(target), max_bytes=64 << 20
+            )
+            document = json.loads(raw) if raw is not None else None
+        except (InvalidManifest, ValueError):
+            return None
+        return document if version.committed_by(document) else None
+
+    def _file(self, live: LiveJob, version: ManifestVersion, *, succeeded: bool, log: Any) -> None:
+        """File a finished job's manifest; retried a few times, then left to the claim's expiry:
+        whoever takes the claim next finds the commit record and files it (§7.2)."""
+        for attempt in range(3):
             try:
-                self.claimer.release(running.claim)
-            except WatcherError as exc:
-                log.warning("claim_release_failed", error=exc.message)
+                self.manifests.file(version, succeeded=succeeded)
+                log.info("manifest_filed", succeeded=succeeded)
+                return
+            except StorageError as exc:
+                log.warning("manifest_filing_retry", attempt=attempt, error=exc.message)
+                if live.cancel.wait(min(10.0, 2.0**attempt)):
+                    break
+        log.error("manifest_filing_failed")
+        with live.lock:
+            live.released = True  # keep the claims: they expire, and the next owner files
+
+    def _failed_attempt(self, live: LiveJob, exc: WatcherError, log: Any) -> float | None:
+        """An attempt that failed on infrastructure: back off, or after ``max_attempts`` fail the
+        manifest for good (§7.5)."""
+        attempts = self._attempts(live)
+        if attempts < self.max_attempts:
+            seconds = backoff_seconds(attempts, self.settings.watch.lease_seconds)
+            log.warning("job_attempt_failed", attempts=attempts, backoff_seconds=seconds)
+            return seconds
+        try:
+            version = self.manifests.read(live.key, getattr(live.claim, "run", "") or "")
+        except WatcherError:
+            return backoff_seconds(attempts, self.settings.watch.lease_seconds)
+        if version is not None:
+            error = exc if isinstance(exc, JobError) else StorageError(exc.message)
+            self._dead_letter(live, version, error, log, attempts=attempts)
+        return None
+
+    def _dead_letter(
+        self,
+        live: LiveJob,
+        version: ManifestVersion | None,
+        error: JobError,
+        log: Any,
+        *,
+        attempts: int | None = None,
+    ) -> None:
+        """Fail a manifest for good: a result marker when one can be written, and always the
+        manifest under failed/ with failed/<name>.error.json."""
+        attempts = attempts if attempts is not None else self._attempts(live)
+        job_id = live.job_id or job_id_for(None, live.key)
+        log.error("job_failed_for_good", code=error.code, error=error.message, attempts=attempts)
+        if version is not None:
+            target = guess_target(version.body, requests_prefix=self.prefix)
+            if target is not None:
+                info = JobInfo(
+                    job_id,
+                    target,
+                    self.settings.buckets.output,
+                    live.key,
+                    datetime.now(UTC),
+                    version.identity(),
+                )
+                self.jobs.fence(live)
+                try:
+                    MarkerWriter(self.store, info, Progress(), log=log).finished(error)
+                except JobError as exc:
+                    log.warning("result_marker_unwritable", code=exc.code, error=exc.message)
+        intake.write_error_report(
+            self.store, self.settings, live.key, job_id, error, attempts=attempts
+        )
+        if version is not None:
+            self.manifests.file(version, succeeded=False)
+        else:
+            self.store.copy(self.bucket, live.key, filed_key(self.prefix, live.key, False))
+            self.store.delete(self.bucket, live.key)
 
     def _on_job_start(self, job_id: str, target: str, manifest_key: str | None) -> None:
         """Abort uploads a dead earlier run left behind (run_job indexed the job already).
 
-        We hold the manifest's claim, so any unfinished upload of this target belongs to a run of
-        it that died (B2 would otherwise keep its parts, and bill them, indefinitely).
+        We hold the target's claim, so any unfinished upload of this target belongs to a job
+        whose claim is dead (B2 would otherwise keep its parts, and bill them, indefinitely).
         """
         output = self.settings.buckets.output
         for upload in self.store.list_multipart_uploads(output, target):
             if upload["Key"] == target:
                 self.store.abort_upload(output, target, upload["UploadId"])
                 self.log.info("stale_upload_aborted", job_id=job_id, target=target)
-
-    def _already_filed(self, obj: Any) -> bool:
-        """True when a previous run finished this very manifest but died before deleting it.
-
-        The filed copy is made after the manifest was written, so a copy with the same ETag that is
-        not older than the manifest is that manifest. A later re-drop of identical content is newer
-        than its old copy and runs again.
-        """
-        for succeeded in (True, False):
-            head = self.store.head(self.bucket, filed_key(self.prefix, obj.key, succeeded))
-            if (
-                head is not None
-                and head.etag == obj.etag
-                and head.last_modified >= obj.last_modified
-            ):
-                return True
-        return False
-
-    def _file(self, key: str, *, succeeded: bool) -> None:
-        """Move the manifest under done/ or failed/: copy first, then delete, so nothing is lost."""
-        destination = filed_key(self.prefix, key, succeeded)
-        for attempt in range(5):
-            try:
-                self.store.copy(self.bucket, key, destination)
-                self.store.delete(self.bucket, key)
-                return
-            except StorageError as exc:
-                self.log.warning(
-                    "manifest_filing_retry", manifest=key, attempt=attempt, error=exc.message
-                )
-                time.sleep(min(30.0, 2.0**attempt))
-        self.log.error("manifest_filing_failed", manifest=key, destination=destination)
-
-
-class _either:
-    """An Event-like view that is set when either of two events is."""
-
-    def __init__(self, first: threading.Event, second: threading.Event) -> None:
-        self._events = (first, second)
-
-    def is_set(self) -> bool:
-        return any(event.is_set() for event in self._events)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True

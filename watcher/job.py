@@ -5,21 +5,30 @@ returns an :class:`Outcome` and has written the result marker (when the manifest
 target). Only :class:`JobCancelled` propagates — after the upload was aborted and with no result
 marker, because a cancelled job is run again, here or by another daemon — and the store's own
 error when the markers themselves cannot be written (an unwritable output bucket): then nothing
-records the job, and the daemon leaves its manifest in place to be run again.
+records the job, and the daemon counts a failed attempt (CONTRACT §7.5).
+
+Cancellation carries a reason (:class:`Cancel`). Cut short by shutdown or Ctrl-C, the job leaves
+its status marker ``failed`` with code ``cancelled`` (§7.10) and runs again later; cut short
+because its claim was lost, it writes nothing more: the target's markers belong to the new owner
+now. Cancelled on request (``REQUESTED``), it ends like a failed job: result marker ``failed``,
+code ``cancelled``. ``fence`` is
+called right before each commit (completing the upload, writing the result marker) and raises
+:class:`JobCancelled` when the caller no longer owns the job (§7.3).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from watcher import intake
-from watcher.errors import IdConflict, InternalError, JobCancelled, JobError
+from watcher.errors import IdConflict, InternalError, JobCancelled, JobError, WatcherError
 from watcher.layout import crc_prefix
 from watcher.manifest import guess_id, guess_target, job_id_for, parse_manifest
 from watcher.markers import JobInfo, MarkerWriter, Progress
@@ -42,6 +51,56 @@ class Outcome:
     target: str | None
     error: JobError | None
     result: dict[str, Any] | None
+
+
+SHUTDOWN = "shutdown"
+INTERRUPTED = "interrupted"
+CLAIM_LOST = "claim_lost"
+REQUESTED = "requested"
+
+
+class Cancel:
+    """A job's cancellation: set once, with a reason; the pipeline polls :meth:`is_set`."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+@dataclass
+class Running:
+    """What a running job shows its owner: its cancellation, and once started its markers, so
+    the owner can still mark it cancelled when the job's own thread is stuck in a read."""
+
+    cancel: Cancel = field(default_factory=Cancel)
+    markers: MarkerWriter | None = None
+    _marked: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def mark_cancelled(self, log: Any = None) -> None:
+        """Status marker ``failed``/``cancelled`` unless the claim was lost; once, best effort."""
+        with self._lock:
+            if self._marked or self.markers is None or self.cancel.reason == CLAIM_LOST:
+                return
+            self._marked = True
+            try:
+                self.markers.cancelled(
+                    JobCancelled(f"the job was cancelled ({self.cancel.reason})")
+                )
+            except WatcherError as exc:
+                if log is not None:
+                    log.warning("status_marker_failed", code=exc.code, error=exc.message)
 
 
 def limits_from(settings: Settings) -> PipelineLimits:
@@ -67,13 +126,17 @@ def run_job(
     *,
     manifest_key: str | None,
     job_id: str | None = None,
-    cancel: Any = None,
+    running: Running | None = None,
+    fence: Callable[[], None] | None = None,
+    manifest_version: dict[str, Any] | None = None,
     log: Any = None,
     on_start: Callable[[str, str, str | None], None] | None = None,
 ) -> Outcome:
     """Run the manifest ``raw_manifest``; see the module docstring for what is guaranteed."""
     log = log or structlog.get_logger("watcher.job")
     store = store.for_job() if hasattr(store, "for_job") else store  # counts its requests
+    running = running or Running()
+    cancel = running.cancel
     prefix = settings.watch.prefix
     output = settings.buckets.output
     started = time.monotonic()
@@ -84,7 +147,17 @@ def run_job(
         log = log.bind(job_id=job_id)
         target = guess_target(raw_manifest, requests_prefix=prefix)
         log.error("manifest_rejected", code=exc.code, error=exc.message, target=target)
-        return _rejected(store, settings, job_id, target, exc, manifest_key=manifest_key, log=log)
+        return _rejected(
+            store,
+            settings,
+            job_id,
+            target,
+            exc,
+            manifest_key=manifest_key,
+            log=log,
+            fence=fence,
+            manifest_version=manifest_version,
+        )
 
     job_id = job_id or job_id_for(manifest, manifest_key)
     log = log.bind(job_id=job_id)
@@ -107,10 +180,15 @@ def run_job(
                 conflict,
                 manifest_key=manifest_key,
                 log=log,
+                fence=fence,
+                manifest_version=manifest_version,
             )
-    info = JobInfo(job_id, manifest.target, output, manifest_key, datetime.now(UTC))
+    info = JobInfo(
+        job_id, manifest.target, output, manifest_key, datetime.now(UTC), manifest_version
+    )
     progress = Progress(files_total=len(manifest.files))
     markers = MarkerWriter(store, info, progress, log=log)
+    running.markers = markers
     log.info("job_started", target=manifest.target, bucket=output, manifest=manifest_key)
     error: JobError | None = None
     try:
@@ -133,16 +211,27 @@ def run_job(
             progress=progress,
             limits=limits_from(settings),
             cancel=cancel,
+            before_commit=fence,
         )
-    except JobCancelled:
-        markers.stop()
-        log.warning("job_cancelled")
+    except JobCancelled as exc:
+        if cancel.reason != REQUESTED:
+            _cut_short(running, log, interrupted=False)
+            raise
+        error = exc  # cancelled on request: the job ends failed, with its result marker
+    except KeyboardInterrupt:
+        _cut_short(running, log, interrupted=True)
         raise
     except JobError as exc:
         error = exc
     except Exception:
         log.exception("job_internal_error")
         error = InternalError("an internal error stopped the job; see the daemon's log")
+    try:
+        if fence is not None:
+            fence()
+    except JobCancelled:
+        _cut_short(running, log, interrupted=False)
+        raise
     result = markers.finished(error, extra=_download_link(store, settings, manifest.target, error))
     state = result["state"]
     log.info(
@@ -167,13 +256,24 @@ def _rejected(
     *,
     manifest_key: str | None,
     log: Any,
+    fence: Callable[[], None] | None = None,
+    manifest_version: dict[str, Any] | None = None,
 ) -> Outcome:
     """A manifest that will never run leaves a trace (CONTRACT §7.6): a failed result marker at
     its target when one can be read, else — for a manifest of the requests prefix —
     ``failed/<name>.error.json``."""
     result = None
     if target is not None:
-        info = JobInfo(job_id, target, settings.buckets.output, manifest_key, datetime.now(UTC))
+        if fence is not None:
+            fence()
+        info = JobInfo(
+            job_id,
+            target,
+            settings.buckets.output,
+            manifest_key,
+            datetime.now(UTC),
+            manifest_version,
+        )
         result = MarkerWriter(store, info, Progress(), log=log).finished(error)
     elif manifest_key is not None:
         intake.write_error_report(store, settings, manifest_key, job_id, error, attempts=1)
@@ -209,3 +309,45 @@ def _download_link(
 
     link = presign(store, settings.buckets.output, target, settings.links.expires_seconds)
     return link.fields()
+
+
+def _cut_short(running: Running, log: Any, *, interrupted: bool) -> None:
+    if interrupted:
+        running.cancel.set(INTERRUPTED)
+    log.warning("job_cancelled", reason=running.cancel.reason)
+    if running.markers is not None:
+        running.markers.stop(timeout=2.0)
+    running.mark_cancelled(log)
+
+
+def run_foreground(
+    store: Store, settings: Settings, raw_manifest: bytes, *, log: Any, grace: float = 5.0
+) -> Outcome:
+    """``b2-zip-watcher zip``: :func:`run_job` on a worker thread, so that Ctrl-C is handled at
+    once even while a read hangs. On KeyboardInterrupt the job is cancelled and gets ``grace``
+    seconds to abort its upload and mark its status ``cancelled``; if it is stuck, the status is
+    marked from here; then the KeyboardInterrupt goes on to the caller."""
+    running = Running()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["outcome"] = run_job(
+                store, settings, raw_manifest, manifest_key=None, running=running, log=log
+            )
+        except BaseException as exc:  # handed to the calling thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name="job", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        running.cancel.set(INTERRUPTED)
+        thread.join(grace)
+        running.mark_cancelled(log)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["outcome"]

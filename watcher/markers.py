@@ -101,10 +101,13 @@ class JobInfo:
     bucket: str
     manifest: str | None
     started_at: datetime
+    # Which version of the manifest this job runs (CONTRACT §7.1): ``{"etag", "version_id",
+    # "run"}``; the result marker carrying it is the job's commit record (§7.2).
+    manifest_version: dict[str, Any] | None = None
 
 
 def status_doc(info: JobInfo, state: str, progress: Progress, now: datetime) -> dict[str, Any]:
-    return {
+    document = {
         "job_id": info.job_id,
         "state": state,
         "target": info.target,
@@ -114,6 +117,9 @@ def status_doc(info: JobInfo, state: str, progress: Progress, now: datetime) -> 
         "started_at": iso(info.started_at),
         "updated_at": iso(now),
     }
+    if info.manifest_version is not None:
+        document["manifest_version"] = info.manifest_version
+    return document
 
 
 def result_doc(
@@ -199,11 +205,19 @@ class MarkerWriter:
                         self.log.warning("status_marker_failed", error=str(exc))
             interval = min(HEARTBEAT, interval * 2)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
         if self._ticker is not None:
-            self._ticker.join()
+            self._ticker.join(timeout)
             self._ticker = None
+
+    def cancelled(self, error: JobError) -> None:
+        """Make the status marker say the job was cut short (``failed``, ``error.code``
+        ``cancelled``); no result marker, because the job runs again (CONTRACT §7.10)."""
+        self.stop(timeout=2.0)
+        document = status_doc(self.info, "failed", self.progress, self._now())
+        document["error"] = {"code": error.code, "message": error.message}
+        self.store.put_json(self.info.bucket, status_key(self.info.target), document)
 
     def finished(
         self,

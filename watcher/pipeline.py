@@ -797,11 +797,14 @@ def write_zip(
     progress: Progress,
     limits: PipelineLimits = PipelineLimits(),
     cancel: Any = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> None:
     """Write the plan's entries as a ZIP at ``s3://output_bucket/target``.
 
     On return the object is complete and visible; on any exception nothing was written to the
     target (a previous object there is untouched) and no multipart upload is left behind.
+    ``before_commit`` runs after the last entry was written and before the upload is completed
+    (or the single PUT sent); an exception from it aborts the upload (the daemon's claim fencing).
     """
 
     def cancelled() -> bool:
@@ -832,6 +835,8 @@ def write_zip(
     archive = _Archive(plan, store, input_bucket, reads, sources, writer, progress, limits)
     try:
         archive.write()
+        if before_commit is not None:
+            before_commit()
         writer.finish()
     except BaseException as exc:
         try:

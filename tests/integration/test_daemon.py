@@ -157,9 +157,9 @@ def test_sigkill_mid_job_is_retaken_after_the_lease_and_no_upload_is_left(
     first = daemons(config, name="first")
     drop(s3, bucket, "big", {"files": ["small.txt", "big.bin"], "target": "out/big.zip"})
     wait_until(
-        lambda: (read_json(s3, bucket, "out/big.zip.status.json") or {}).get("bytes_read", 0) > 0,
+        lambda: s3.list_multipart_uploads(Bucket=bucket).get("Uploads"),
         120,
-        "the job to be reading",
+        "the job to be uploading",
     )
     first.kill()
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "expected a dangling upload"

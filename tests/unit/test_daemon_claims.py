@@ -86,9 +86,8 @@ def test_a_poll_claims_for_all_free_slots_at_once_and_fills_them(monkeypatch):
     daemon = Daemon(settings, ListingStore(keys), claimer)
     started: list[str] = []
 
-    def start(obj, claim):
-        started.append(obj.key)
-        daemon._running[obj.key] = claim  # occupies a slot, as the real _start does
+    def start(live):
+        started.append(live.key)  # admitted: the job occupies its slot until it finishes
 
     monkeypatch.setattr(daemon, "_start", start)
     assert daemon.poll_once() == 20
@@ -135,18 +134,19 @@ def test_a_claim_being_released_is_not_renewed():
             releasing.set()
             assert may_finish.wait(10)
 
-    daemon = Daemon(settings, ListingStore([]), SlowReleaser())
-    running = daemon_module._Running(key="k", claim=Claim("k", "me", 1, "v", 0.0))
-    daemon._running["k"] = running
-    release = threading.Thread(target=daemon._release, args=(running, daemon.log))
+    jobs = Daemon(settings, ListingStore([]), SlowReleaser()).jobs
+    admitted: list = []
+    assert jobs.admit("k", Claim("k", "me", 1, "v", 0.0), admitted.append)
+    live = admitted[0]
+    release = threading.Thread(target=jobs.release, args=(live,))
     release.start()
     assert releasing.wait(10)
-    renewal = threading.Thread(target=daemon._renew_all)
+    renewal = threading.Thread(target=jobs.renew_all)
     renewal.start()
     may_finish.set()
     release.join(10)
     renewal.join(10)
-    assert renewed == [] and not running.claim_lost
+    assert renewed == [] and not live.claim_lost
 
 
 def test_only_the_warning_about_a_skipped_overlapping_run_is_filtered():
