@@ -1,12 +1,12 @@
 """The long-running daemon: watch the requests prefix, claim, run, file, recover.
 
-:meth:`Daemon.run` is the loop, on the main thread, and reads like this docstring::
+The poll loop (:meth:`Daemon._loop`, on its own thread; :meth:`Daemon.run` keeps systemd's
+watchdog fed while it lives and waits for a signal) reads like this docstring::
 
     until asked to stop:
         when a poll is due (the interval passed, a job ended, or the HTTP trigger or a B2 event
         woke us): list the requests prefix once, claim pending manifests for the free slots and
         admit each won claim as a job on its own thread
-        beat systemd's watchdog
         sleep until the next poll is due or something wakes us
     drain (see :meth:`Jobs.drain`)
 
@@ -486,6 +486,7 @@ class Daemon:
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._random = random.Random()
         self._cancel_check: Callable[[str], bool] | None = None
+        self._poller: threading.Thread | None = None
         self.polls = 0
         self._on_finished: Callable[[dict], None] | None = None
 
@@ -544,6 +545,8 @@ class Daemon:
             coalesce=True,
         )
         self._scheduler.start()
+        self._poller = threading.Thread(target=self._loop, name="poll", daemon=True)
+        self._poller.start()
         self.log.info(
             "daemon_started",
             bucket=self.bucket,
@@ -553,19 +556,14 @@ class Daemon:
         )
 
     def run(self) -> int:
-        """The loop of the module docstring; returns the exit code."""
+        """Start, tell systemd we are ready and keep its watchdog fed while the poll loop lives,
+        until asked to stop; then shut down. Returns the exit code."""
         self.start()
         sdnotify.notify("READY=1", environ=self._environ)
         heartbeat = sdnotify.watchdog_interval(self._environ)
-        last_beat = 0.0
-        while not self._stopping.is_set():
-            if self._poll_due():
-                self._poll()
-            now = time.monotonic()
-            if heartbeat and now - last_beat >= heartbeat:
+        while not self._stopping.wait(min(heartbeat or 0.5, 0.5)):
+            if heartbeat and self._poller is not None and self._poller.is_alive():
                 sdnotify.notify("WATCHDOG=1", environ=self._environ)
-                last_beat = now
-            self._wake.wait(max(0.05, min(1.0, self._next_poll - time.monotonic())))
         sdnotify.notify("STOPPING=1", environ=self._environ)
         stuck = self.shutdown()
         if stuck:
@@ -576,12 +574,23 @@ class Daemon:
             os._exit(0)
         return 0
 
+    def _loop(self) -> None:
+        """The loop of the module docstring (on the ``poll`` thread)."""
+        while not self._stopping.is_set():
+            if self._poll_due():
+                self._poll()
+            self._wake.wait(max(0.05, min(1.0, self._next_poll - time.monotonic())))
+
     def shutdown(self) -> int:
         """Drain (see :meth:`Jobs.drain`); clean up after jobs stuck in a read. Returns how many
         job threads are still stuck."""
         self._stopping.set()
+        self._wake.set()
         grace = self.settings.shutdown_grace_seconds
         self.log.info("daemon_stopping", running_jobs=self.jobs.count(), grace_seconds=grace)
+        self.jobs.stop_admitting()
+        if self._poller is not None:
+            self._poller.join(timeout=grace + 1)  # a claim it wins from now on is returned
         stuck = self.jobs.drain(grace, self._cancel_now)
         for live in stuck:
             self._clean_up_stuck(live)
