@@ -64,6 +64,11 @@ class Claim:
     generation: int
     token: str  # ETag (conditional), VersionId (versions), "" (single)
     expires_at: float
+    # Kept in the claim record across takeovers (CONTRACT §7.2, §7.5; docs/claims.md): which
+    # attempt this is, and the run id chosen when the claim was created afresh (a drop of the
+    # same content after the job finished and released its claim gets a new one).
+    attempts: int = 1
+    run: str = ""
 
 
 class Claimer(Protocol):
@@ -105,7 +110,15 @@ class _Base:
         self.lease_seconds = lease_seconds
         self.clock = clock
 
-    def _body(self, manifest_key: str, generation: int) -> bytes:
+    def _body(
+        self,
+        manifest_key: str,
+        generation: int,
+        *,
+        attempts: int = 1,
+        run: str = "",
+        lease: float | None = None,
+    ) -> bytes:
         now = self.clock()
         return json.dumps(
             {
@@ -113,7 +126,9 @@ class _Base:
                 "manifest": manifest_key,
                 "generation": generation,
                 "created_at": now,
-                "expires_at": now + self.lease_seconds,
+                "expires_at": now + (self.lease_seconds if lease is None else lease),
+                "attempts": attempts,
+                "run": run,
                 "nonce": uuid.uuid4().hex,  # every write differs, so every ETag does
             }
         ).encode()
@@ -123,16 +138,19 @@ class ConditionalClaimer(_Base):
     mode = "conditional"
 
     def claim(self, manifest_key: str) -> Claim | None:
+        """Create the claim (a new run, attempt 1), or take an expired one over (its run, the
+        next attempt)."""
         key = claim_base(self.prefix, manifest_key)
-        written = self.store.put_if_absent(self.bucket, key, self._body(manifest_key, 1))
-        etag = (
-            written.etag if written is not None else self._take_over_if_expired(key, manifest_key)
-        )
-        if etag is None:
-            return None
-        return Claim(manifest_key, self.owner, 1, etag, self.clock() + self.lease_seconds)
+        run = uuid.uuid4().hex
+        written = self.store.put_if_absent(self.bucket, key, self._body(manifest_key, 1, run=run))
+        if written is not None:
+            return Claim(manifest_key, self.owner, 1, written.etag, self._expiry(), 1, run)
+        return self._take_over_if_expired(key, manifest_key)
 
-    def _take_over_if_expired(self, key: str, manifest_key: str) -> str | None:
+    def _expiry(self) -> float:
+        return self.clock() + self.lease_seconds
+
+    def _take_over_if_expired(self, key: str, manifest_key: str) -> Claim | None:
         current = self.store.get(self.bucket, key, max_bytes=64 * 1024)
         if current is None:
             return None  # released meanwhile: the next poll claims it afresh
@@ -140,12 +158,16 @@ class ConditionalClaimer(_Base):
             document = json.loads(current.body)
         except ValueError:
             document = {}
-        if not self._expired(current, document if isinstance(document, dict) else {}):
+        document = document if isinstance(document, dict) else {}
+        if not self._expired(current, document):
             return None
-        written = self.store.put_if_match(
-            self.bucket, key, self._body(manifest_key, 1), current.etag
-        )
-        return written.etag if written is not None else None
+        attempts = _int(document.get("attempts"), 0) + 1
+        run = str(document.get("run") or uuid.uuid4().hex)
+        body = self._body(manifest_key, 1, attempts=attempts, run=run)
+        written = self.store.put_if_match(self.bucket, key, body, current.etag)
+        if written is None:
+            return None
+        return Claim(manifest_key, self.owner, 1, written.etag, self._expiry(), attempts, run)
 
     def _expired(self, current: Fetched, document: dict) -> bool:
         """Whether the claim ``current`` (as a GET returned it) has expired, by the store's clock.
@@ -163,16 +185,31 @@ class ConditionalClaimer(_Base):
 
     def renew(self, claim: Claim) -> Claim | None:
         key = claim_base(self.prefix, claim.manifest_key)
-        written = self.store.put_if_match(
-            self.bucket, key, self._body(claim.manifest_key, 1), claim.token
-        )
+        body = self._body(claim.manifest_key, 1, attempts=claim.attempts, run=claim.run)
+        written = self.store.put_if_match(self.bucket, key, body, claim.token)
         if written is None:
             return None
-        return replace(claim, token=written.etag, expires_at=self.clock() + self.lease_seconds)
+        return replace(claim, token=written.etag, expires_at=self._expiry())
+
+    def park(self, claim: Claim, seconds: float) -> None:
+        """Keep the claim record (its attempts and run) but let it expire after ``seconds``: the
+        backoff before the next attempt (CONTRACT §7.5)."""
+        key = claim_base(self.prefix, claim.manifest_key)
+        body = self._body(
+            claim.manifest_key, 1, attempts=claim.attempts, run=claim.run, lease=seconds
+        )
+        self.store.put_if_match(self.bucket, key, body, claim.token)
 
     def release(self, claim: Claim) -> None:
         key = claim_base(self.prefix, claim.manifest_key)
         self.store.delete_if_match(self.bucket, key, claim.token)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 @dataclass(frozen=True)
@@ -262,7 +299,9 @@ class VersionsClaimer(_Base):
         ]
         if not versions or winner(versions).version_id != mine:
             return None
-        claim = Claim(manifest_key, self.owner, generation, mine, 0.0)
+        # Generations restart at 1 after a release, so the generation counts the attempts; the
+        # manifest's own VersionId tells drops apart (run stays "").
+        claim = Claim(manifest_key, self.owner, generation, mine, 0.0, attempts=generation)
         return self._heartbeat(claim)
 
     def _heartbeat(self, claim: Claim) -> Claim:
@@ -280,6 +319,10 @@ class VersionsClaimer(_Base):
             return None  # someone found our lease expired and took the job over
         return self._heartbeat(claim)
 
+    def park(self, claim: Claim, seconds: float) -> None:
+        """Nothing to write: the claim is left to expire after ``lease_seconds`` (the backoff in
+        this mode), and the next taker's generation counts the attempt."""
+
     def release(self, claim: Claim) -> None:
         """Delete every version of this manifest's claim objects (B2 would keep them forever)."""
         base = claim_base(self.prefix, claim.manifest_key)
@@ -293,24 +336,38 @@ class SingleClaimer:
 
     mode = "single"
 
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.owner = owner
+        self.clock = clock
         self._held: set[str] = set()
+        self._parked: dict[str, tuple[float, Claim]] = {}  # key -> (until, claim)
         self._lock = threading.Lock()
 
     def claim(self, manifest_key: str) -> Claim | None:
         with self._lock:
             if manifest_key in self._held:
                 return None
+            until, parked = self._parked.get(manifest_key, (0.0, None))
+            if self.clock() < until:
+                return None
+            self._parked.pop(manifest_key, None)
             self._held.add(manifest_key)
-        return Claim(manifest_key, self.owner, 1, "", float("inf"))
+        if parked is not None:
+            return replace(parked, attempts=parked.attempts + 1)
+        return Claim(manifest_key, self.owner, 1, "", float("inf"), 1, uuid.uuid4().hex)
 
     def renew(self, claim: Claim) -> Claim | None:
         return claim
 
+    def park(self, claim: Claim, seconds: float) -> None:
+        with self._lock:
+            self._held.discard(claim.manifest_key)
+            self._parked[claim.manifest_key] = (self.clock() + seconds, claim)
+
     def release(self, claim: Claim) -> None:
         with self._lock:
             self._held.discard(claim.manifest_key)
+            self._parked.pop(claim.manifest_key, None)
 
 
 def _as_store(store: Any) -> Store:
@@ -420,6 +477,15 @@ def require_conditional_writes(store: Store, bucket: str, prefix: str) -> None:
         )
 
 
+def claim_timeout(lease_seconds: float) -> float:
+    """How long one claim request may take: a third of the lease, between 1 and 10 s (pure).
+
+    A renewal whose answer comes later than this counts as failed, so a daemon learns that it
+    cannot confirm its claim while the lease still holds (CONTRACT §7.3).
+    """
+    return max(1.0, min(10.0, lease_seconds / 3))
+
+
 def make_claimer(
     mode: str,
     store: Store,
@@ -439,6 +505,8 @@ def make_claimer(
         require_versions(store, bucket, prefix)
     elif mode == "conditional":
         require_conditional_writes(store, bucket, prefix)
+    if mode in ("conditional", "versions"):
+        store = store.with_timeouts(seconds=claim_timeout(lease_seconds), attempts=3)
     if mode == "conditional":
         return ConditionalClaimer(
             store, bucket, prefix, owner=owner, lease_seconds=lease_seconds, **options

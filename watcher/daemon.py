@@ -150,7 +150,8 @@ def _is_precondition_failure(exc: Exception) -> bool:
 class _ManifestFiles:
     """The manifest's own objects: read one version, file exactly that version (§7.1).
 
-    Raw client calls for the few conditional forms the Store has no verb for yet.
+    Filing makes raw client calls (through the Store's counting client) for the conditional
+    copy and the delete by version, which the Store has no verb for.
     """
 
     def __init__(self, store: Store, bucket: str, prefix: str) -> None:
@@ -164,29 +165,10 @@ class _ManifestFiles:
 
     def read(self, key: str, run: str) -> ManifestVersion | None:
         """The manifest as it is now, or None when it is gone; TooLarge past the size limit."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from watcher.errors import MissingInput
-        from watcher.store import TooLarge
-
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            error = translate_client_error(exc, bucket=self.bucket, key=key)
-            if isinstance(error, MissingInput):
-                return None
-            raise error from None
-        try:
-            if response["ContentLength"] > MAX_MANIFEST_BYTES:
-                raise TooLarge(
-                    f"s3://{self.bucket}/{key} is larger than {MAX_MANIFEST_BYTES} bytes"
-                )
-            body = response["Body"].read()
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise translate_client_error(exc, bucket=self.bucket, key=key) from None
-        finally:
-            response["Body"].close()
-        return ManifestVersion(key, body, response.get("ETag", ""), response.get("VersionId"), run)
+        fetched = self.store.get(self.bucket, key, max_bytes=MAX_MANIFEST_BYTES)
+        if fetched is None:
+            return None
+        return ManifestVersion(key, fetched.body, fetched.etag, fetched.version_id, run)
 
     def file(self, version: ManifestVersion, *, succeeded: bool) -> None:
         """Put exactly ``version`` under done/ or failed/, then delete exactly that version.
@@ -317,13 +299,15 @@ class Jobs:
             claims.append(("target_claim", live.target_claim))
         return claims
 
-    def _renew(self, live: LiveJob) -> bool:
-        """Renew the job's claims (holding its lock); False when one of them is lost."""
+    def _renew(self, live: LiveJob, *, confirm: bool = False) -> bool:
+        """Renew the job's claims (holding its lock); False when one of them is lost. A failed
+        request is shrugged off while the lease still runs — unless ``confirm``: a commit needs
+        an answer (§7.3)."""
         for name, claim in self._claims(live):
             try:
                 renewed = self.claimer.renew(claim)
             except WatcherError as exc:
-                if time.time() < claim.expires_at - 1.0:
+                if not confirm and time.time() < claim.expires_at - 1.0:
                     self.log.warning("claim_renew_failed", manifest=live.key, error=exc.message)
                     continue
                 renewed = None  # it may have expired by now: count it lost
@@ -357,7 +341,7 @@ class Jobs:
     def fence(self, live: LiveJob) -> None:
         """Confirm the job still owns its claims right before a commit, else cancel it (§7.3)."""
         with live.lock:
-            if not live.claim_lost and not live.released and self._renew(live):
+            if not live.claim_lost and not live.released and self._renew(live, confirm=True):
                 return
             if not live.claim_lost:
                 self._lose(live, "fence")

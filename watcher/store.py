@@ -526,6 +526,32 @@ class Store:
         view.client = _ScopedClient(self.raw_client, view._tallies)
         return view
 
+    def with_timeouts(self, *, seconds: float, attempts: int) -> Store:
+        """A view of this store on a client of its own whose requests time out after
+        ``seconds`` and are tried ``attempts`` times (claim requests, CONTRACT §7.3: a slow answer
+        must count as a failure well before a lease runs out); requests count as this store's."""
+        raw = self.raw_client
+        config = raw.meta.config.merge(
+            Config(
+                connect_timeout=seconds,
+                read_timeout=seconds,
+                retries={"mode": "standard", "max_attempts": attempts},
+            )
+        )
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=raw.meta.endpoint_url,
+            region_name=raw.meta.region_name,
+            config=config,
+        )
+        client.meta.events.register("before-sign.s3", strip_checksum_headers)
+        client.meta.events.register("before-send.s3.*", self._count_hook)
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.raw_client = client
+        view.client = _ScopedClient(client, view._tallies)
+        return view
+
     def request_counts(self) -> dict[str, int]:
         """HTTP requests sent so far, retries included, by S3 operation name."""
         return self._root.snapshot()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections import Counter
 
 import pytest
 from conftest import deterministic_bytes, put_objects, verify_zip
@@ -107,6 +108,24 @@ def test_manifest_overwritten_while_its_job_runs_is_a_new_job_that_runs_after(
     assert daemon.proc.poll() is None
 
 
+def test_identical_manifest_dropped_again_right_after_filing_runs_again(
+    s3, bucket, tmp_path, daemons
+):
+    put_objects(s3, bucket, {"in/a.txt": b"alpha"})
+    daemon = daemons(config(tmp_path))
+    manifest = {"files": ["in/a.txt"], "target": "out/again.zip"}
+    rounds = 3
+    for number in range(rounds):
+        drop(s3, bucket, "again", manifest)
+        # Re-drop the moment the previous drop is filed: usually within the same second.
+        wait_until(
+            lambda: not waiting_manifests(s3, bucket), 40, f"drop {number} filed", interval=0.05
+        )
+    wait_until(lambda: len(events([daemon], "job_finished")) >= rounds, 10, "every run")
+    assert len(events([daemon], "job_finished")) == rounds
+    assert_marker_matches_zip(s3, bucket, "out/again.zip", tmp_path, {"in/a.txt": b"alpha"})
+
+
 # -- §7.2: the result marker is the commit record ------------------------------------------------
 
 
@@ -198,6 +217,52 @@ def test_two_manifests_with_one_target_run_one_after_the_other(
     assert result["job_id"] == "second"
     assert not events([daemon], "stale_upload_aborted")
     assert not uploads(s3, bucket)
+
+
+# -- §7.5: poison never wedges the queue ---------------------------------------------------------
+
+
+def test_poison_manifests_are_failed_for_good_and_the_others_flow(
+    s3, bucket, tmp_path, daemons, proxy
+):
+    put_objects(s3, bucket, {"in/a.txt": b"alpha"})
+    proxy.add(
+        Fault(
+            "status",
+            method="PUT",
+            key=r"/out/poison-",
+            status=403,
+            code="AccessDenied",
+            times=10_000,
+        )
+    )
+    conf = config(tmp_path, watch={"max_attempts": 2, "max_concurrent_jobs": 2})
+    daemon = daemons(conf, endpoint=proxy.endpoint_url)
+    for i in range(4):
+        poison = {"files": ["in/a.txt"], "target": f"out/poison-{i}.zip", "id": f"poison-{i}"}
+        drop(s3, bucket, f"poison-{i}", poison)
+    time.sleep(1.1)
+    for i in range(3):
+        drop(s3, bucket, f"good-{i}", {"files": ["in/a.txt"], "target": f"out/good-{i}.zip"})
+
+    wait_until(
+        lambda: all(result_of(s3, bucket, f"out/good-{i}.zip") for i in range(3)),
+        60,
+        "the good jobs' results",
+    )
+    wait_until(lambda: not waiting_manifests(s3, bucket), 60, "every manifest filed")
+    for i in range(3):
+        assert_marker_matches_zip(s3, bucket, f"out/good-{i}.zip", tmp_path, {"in/a.txt": b"alpha"})
+    for i in range(4):
+        report = read_json(s3, bucket, f"{PREFIX}failed/poison-{i}.error.json")
+        assert report is not None, f"no error report for poison-{i}"
+        assert report["job_id"] == f"poison-{i}" and report["attempts"] == 2, report
+        assert report["code"] == "access_denied" and report["message"]
+        assert f"{PREFIX}failed/poison-{i}.json" in list_keys(s3, bucket, PREFIX + "failed/")
+    started = Counter(e["job_id"] for e in events([daemon], "job_started"))
+    assert all(started[f"poison-{i}"] == 2 for i in range(4)), started
+    assert not uploads(s3, bucket)
+    assert daemon.proc.poll() is None
 
 
 # -- §7.10: shutdown keeps its word --------------------------------------------------------------

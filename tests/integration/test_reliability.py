@@ -457,3 +457,159 @@ def test_http_concurrent_posts_and_slow_clients(s3, bucket, tmp_path, daemons):
     assert len(manifests) >= statuses[202]
     assert daemon.proc.poll() is None
     daemon.signal(signal.SIGTERM)
+
+
+# -- 6. the lifecycle soak: every fault at once ----------------------------------------------------
+
+
+def lifecycle_soak(s3_server, s3, bucket, tmp_path, daemons, *, drops: int, kills: int) -> dict:
+    """3 daemons, ``drops`` manifests (new names, overwrites with new content, identical re-drops,
+    shared targets, poison), ``kills`` SIGKILLs at random moments, slow answers to claim requests
+    and input reads; then every invariant of CONTRACT §7 is checked. Returns the figures."""
+    import hashlib
+    import threading
+
+    rng = random.Random(2026)
+    sources = {f"src/{i}.txt": f"source {i}\n".encode() * (i + 1) for i in range(30)}
+    put_objects(s3, bucket, sources)
+    proxies = [FaultProxy(s3_server.port, seed=n).start() for n in range(3)]
+    for proxy in proxies:
+        proxy.add(Fault("late", key=rf"/{PREFIX}\.claims/", rate=0.03, seconds=2.0))
+        proxy.add(Fault("delay", method="GET", key=r"/src/", rate=0.05, seconds=1.0))
+        proxy.add(
+            Fault(
+                "status",
+                method="PUT",
+                key=r"/out/poison/",
+                status=403,
+                code="AccessDenied",
+                times=10**9,
+            )
+        )
+    config = write_config(
+        tmp_path / "c.yaml",
+        watch={"lease_seconds": 5, "max_concurrent_jobs": 3, "max_attempts": 2},
+        shutdown_grace_seconds=5,
+    )
+    slots = [daemons(config, name=f"s{n}-0", endpoint=proxies[n].endpoint_url) for n in range(3)]
+    started = list(slots)
+
+    by_etag: dict[str, dict] = {}
+    final: dict[str, dict] = {}
+    poison: set[str] = set()
+    plan: list[tuple[str, dict]] = []
+    for i in range(drops):
+        roll = rng.random()
+        files = sorted(rng.sample(sorted(sources), rng.randint(1, 3)))
+        if final and roll < 0.10:  # the same name and content again: a new job (§7.1)
+            name = rng.choice(sorted(set(final) - poison))
+            manifest = final[name]
+        elif final and roll < 0.25:  # the same name, new content: a new version
+            name = rng.choice(sorted(set(final) - poison))
+            manifest = {"files": files, "target": final[name]["target"], "compression": "store"}
+        elif roll < 0.30:
+            name = f"poison-{i:03d}"
+            poison.add(name)
+            manifest = {"files": files, "target": f"out/poison/{i}.zip"}
+        elif roll < 0.45:
+            name = f"shared-{i:03d}"
+            manifest = {"files": files, "target": f"out/shared-{rng.randrange(4)}.zip"}
+        else:
+            name = f"m-{i:03d}"
+            manifest = {"files": files, "target": f"out/{name}.zip"}
+        body = json.dumps(manifest).encode()
+        by_etag[f'"{hashlib.md5(body).hexdigest()}"'] = manifest
+        final[name] = manifest
+        plan.append((name, manifest))
+
+    def dropper() -> None:
+        for name, manifest in plan:
+            drop(s3, bucket, name, manifest)
+            time.sleep(rng.uniform(0.0, 0.3))
+
+    killed = 0
+
+    def killer() -> None:
+        nonlocal killed
+        for k in range(kills):
+            time.sleep(rng.uniform(2.0, 5.0))
+            n = rng.randrange(3)
+            slots[n].kill()
+            killed += 1
+            slots[n] = daemons(config, name=f"s{n}-{k + 1}", endpoint=proxies[n].endpoint_url)
+            started.append(slots[n])
+
+    threads = [threading.Thread(target=dropper), threading.Thread(target=killer)]
+    begun = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    def settled() -> bool:
+        waiting = [k for k in list_keys(s3, bucket, PREFIX) if "/" not in k[len(PREFIX) :]]
+        return not waiting
+
+    try:
+        wait_until(settled, 600, "every manifest filed")
+        elapsed = time.monotonic() - begun
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+    finished: Counter = Counter()
+    failed_for_good: set[str] = set()
+    for proc in started:
+        for event in proc.events():
+            if event.get("event") == "job_finished" and event.get("etag"):
+                finished[(event["manifest"], event["etag"], event.get("run"))] += 1
+            if event.get("event") == "job_failed_for_good":
+                failed_for_good.add(event["manifest"])
+    duplicates = sum(n - 1 for n in finished.values() if n > 1)
+    ran = {(key, etag) for key, etag, _ in finished}
+    lost = []
+    for name, manifest in final.items():
+        key = f"{PREFIX}{name}.json"
+        etag = f'"{hashlib.md5(json.dumps(manifest).encode()).hexdigest()}"'
+        if name in poison:
+            report = read_json(s3, bucket, f"{PREFIX}failed/{name}.error.json")
+            if report is None or report["attempts"] != 2 or key not in failed_for_good:
+                lost.append(name)
+        elif (key, etag) not in ran:
+            lost.append(name)
+    assert duplicates == 0, [v for v, n in finished.items() if n > 1]
+    assert lost == [], lost
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    targets = {m["target"] for name, m in final.items() if name not in poison}
+    for target in sorted(targets):
+        result = read_json(s3, bucket, f"{target}.result.json")
+        assert result is not None and result["state"] == "succeeded", (target, result)
+        manifest = by_etag[result["manifest_version"]["etag"]]
+        path = tmp_path / target.replace("/", "_")
+        s3.download_file(bucket, target, str(path))
+        verify_zip(path, {key: sources[key] for key in manifest["files"]})
+        with zipfile.ZipFile(path) as archive:
+            listed = [(i.filename, i.file_size, i.CRC) for i in archive.infolist()]
+        assert listed == [(e["name"], e["size"], e["crc32"]) for e in result["entries"]]
+    faults = sum(sum(f.fired for f in proxy.faults if f.kind != "status") for proxy in proxies)
+    figures = {
+        "drops": drops,
+        "jobs": sum(finished.values()),
+        "names": len(final),
+        "poison": len(poison),
+        "kills": killed,
+        "slow_answers": faults,
+        "duplicates": duplicates,
+        "lost": len(lost),
+        "seconds": round(elapsed, 1),
+    }
+    print(f"lifecycle soak: {figures}")
+    return figures
+
+
+@pytest.mark.soak
+def test_soak_lifecycle_three_daemons_two_hundred_manifests_ten_kills(
+    s3_server, s3, bucket, tmp_path, daemons
+):
+    figures = lifecycle_soak(s3_server, s3, bucket, tmp_path, daemons, drops=200, kills=10)
+    assert figures["kills"] == 10
