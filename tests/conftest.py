@@ -237,43 +237,6 @@ def verify_zip(
     return zf
 
 
-MANY_ENTRIES = 65_600
-
-
-@pytest.fixture(scope="session")
-def many_entries_zip(
-    moto_server: S3Server, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, bytes]]:
-    """(path, expected) of the product's archive of 65,600 tiny entries (more than 65,535, so its
-    end records are ZIP64), made by ``run_job`` over HTTP once per session: minutes of GETs."""
-    import json
-
-    from watcher.config import from_mapping
-    from watcher.job import run_job
-    from watcher.store import Store, make_client
-
-    s3_server = moto_server
-    s3 = s3_server.client()
-    bucket = f"test-many-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    put_objects(s3, bucket, {"one.txt": b"1", "two.txt": b"22"})
-    files = [
-        {"key": "one.txt" if i % 2 else "two.txt", "name": f"d{i // 1000}/{i}.txt"}
-        for i in range(MANY_ENTRIES)
-    ]
-    env = {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": s3_server.endpoint_url, "BUCKET_NAME": bucket}
-    settings = from_mapping({}, env)
-    manifest = json.dumps({"files": files, "target": "out/many.zip"}).encode()
-    with pytest.MonkeyPatch.context() as patch:  # the session outlives _aws_test_env's patching
-        for name, value in TEST_CREDENTIALS.items():
-            patch.setenv(name, value)
-        outcome = run_job(Store(make_client(settings.s3)), settings, manifest, manifest_key=None)
-    assert outcome.state == "succeeded", outcome.error
-    path = tmp_path_factory.mktemp("many-entries") / "many.zip"
-    s3.download_file(bucket, "out/many.zip", str(path))
-    return path, {f"d{i // 1000}/{i}.txt": b"1" if i % 2 else b"22" for i in range(MANY_ENTRIES)}
-
-
 def download(s3, bucket: str, key: str, dest: Path) -> Path:
     s3.download_file(bucket, key, str(dest))
     return dest

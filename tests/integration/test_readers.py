@@ -16,6 +16,7 @@ import subprocess
 import sys
 import zipfile
 import zlib
+from pathlib import Path
 
 import pytest
 from conftest import deterministic_bytes, download, put_objects
@@ -147,6 +148,26 @@ def test_compare_names_every_kind_of_difference():
     for phrase, rows in cases.items():
         problems = compare(rows, want)
         assert any(phrase in p for p in problems), (phrase, problems)
+
+
+@pytest.mark.timeout(1200)
+def test_more_than_65535_entries_open_in_every_reader(tmp_path):
+    """65,600 tiny entries: only the end records are ZIP64 and no member has a data descriptor, so
+    every reader, Parse included, reads it. The archive is the pipeline's (write_zip) on the unit
+    tests' in-memory store: the same job over HTTP is 65,600 GETs, minutes of the suite's time
+    that test_zip_job already spends once."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from test_pipeline import FakeStore, make_plan, zip_it
+
+    store = FakeStore({"one": b"1", "two": b"22"})
+    files = [("one" if i % 2 else "two", f"d{i // 1000}/{i}.txt") for i in range(65_600)]
+    zip_it(store, make_plan(files))
+    path = tmp_path / "many.zip"
+    path.write_bytes(store.outputs["t.zip"])
+    check_with_all_readers(path, {name: store.objects[key] for key, name in files}, parse=True)
+    assert described(path) == []
+    archive = path.read_bytes()
+    assert archive.count(b"PK\x06\x06") == 1, "ZIP64 end records, once"
 
 
 GiB = 1 << 30
