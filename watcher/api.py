@@ -68,6 +68,8 @@ class ApiBackend(Protocol):
 
     def download_url(self, job_id: str) -> str: ...
 
+    def cancel(self, job_id: str) -> dict: ...
+
 
 class _Seen:
     """A bounded set of recent B2 event ids, so a redelivered event is a no-op."""
@@ -345,15 +347,21 @@ def make_app(
         )
         return Response.json(200, page)
 
-    def retry_job(request: Request) -> Response:
-        job_id = request.params["job_id"]
-        retried = backend.retry(job_id)
+    def accepted(job_id: str, target: str) -> Response:
         location = f"/jobs/{job_id}"
         return Response.json(
             202,
-            {"job_id": job_id, "target": retried["target"], "status_url": location},
+            {"job_id": job_id, "target": target, "status_url": location},
             [("Location", location)],
         )
+
+    def retry_job(request: Request) -> Response:
+        job_id = request.params["job_id"]
+        return accepted(job_id, backend.retry(job_id)["target"])
+
+    def cancel_job(request: Request) -> Response:
+        job_id = request.params["job_id"]
+        return accepted(job_id, backend.cancel(job_id)["target"])
 
     def download(request: Request) -> Response:
         url = backend.download_url(request.params["job_id"])
@@ -387,7 +395,7 @@ def make_app(
         Route("/readyz", "none", {"GET": readyz}),
         Route("/", "bearer", {"POST": post_job}),
         Route("/jobs", "bearer", {"POST": post_job, "GET": list_jobs}),
-        Route("/jobs/{job_id}", "bearer", {"GET": get_job}),
+        Route("/jobs/{job_id}", "bearer", {"GET": get_job, "DELETE": cancel_job}),
         Route("/jobs/{job_id}/retry", "bearer", {"POST": retry_job}),
         Route("/jobs/{job_id}/download", "bearer", {"GET": download}),
         Route("/metrics", "bearer", {"GET": get_metrics}),

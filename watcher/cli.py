@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = add("jobs", "list recent jobs, newest first")
     jobs.add_argument("--state", choices=("pending", "running", "succeeded", "failed"))
     jobs.add_argument("--limit", type=int, default=50, help="at most this many (1-500)")
+    cancel = add("cancel", "cancel a queued or running job (it ends failed, code cancelled)")
+    cancel.add_argument("job_id", metavar="JOB_ID")
     retry = add("retry", "re-queue a failed job under the same id")
     retry.add_argument("job_id", metavar="JOB_ID")
     add("check", "validate the configuration and reach the buckets")
@@ -234,6 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from watcher.daemon import Daemon
     from watcher.logs import configure_logging
     from watcher.retention import Housekeeping
+    from watcher.service import honour_cancels
     from watcher.wakeup import Listener
 
     if args.local or _nothing_configured(settings):
@@ -248,6 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise StoreUnusable("watch.bucket", f"{exc.code}: {exc.message}") from None
         metrics = _metrics(store)
         daemon = Daemon(settings, store, claimer, metrics=metrics, log=log)
+        honour_cancels(daemon, store, settings, log)
         http = _start_http(settings, store, daemon, metrics, log=log)
         notifier = _start_notifier(settings, daemon, log)
         housekeeping = Housekeeping(settings, store.client, metrics=metrics, log=log)
@@ -487,6 +491,20 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    """Write a cancel request: the daemon that claims or runs the job ends it ``cancelled``."""
+    from watcher import wakeup
+    from watcher.jobs import request_cancel
+
+    settings = _settings(args)
+    require_usable(settings, ("watch.bucket", "buckets.output"))
+    store = _services_store_only(settings)
+    view = request_cancel(store, settings, args.job_id)
+    wakeup.notify(settings, view.get("manifest") or settings.watch.prefix)
+    print(f"cancel requested for job {args.job_id} ({view['state']})")
+    return EXIT_OK
+
+
 def _cmd_retry(args: argparse.Namespace) -> int:
     from watcher.jobs import retry_job
 
@@ -613,6 +631,7 @@ _HANDLERS = {
     "status": _cmd_status,
     "check": _cmd_check,
     "jobs": _cmd_jobs,
+    "cancel": _cmd_cancel,
     "retry": _cmd_retry,
     "demo": _cmd_demo,
 }

@@ -251,10 +251,70 @@ def retry_job(store: Store, settings: Settings, job_id: str) -> dict:
         raise Conflict(f"the failed manifest s3://{bucket}/{filed} is gone (retention?)")
     output = view.get("bucket") or settings.buckets.output
     store.delete(output, result_key(view["target"]))
+    clear_cancel(store, settings, job_id)  # a request left from the last run must not cancel this
     store.put_bytes(bucket, manifest_key, raw, content_type="application/json")
     store.delete(bucket, filed)
     store.delete(bucket, error_report_key(prefix, manifest_key))
     return {"job_id": job_id, "target": view["target"], "manifest": manifest_key}
+
+
+# -- cancel -----------------------------------------------------------------------------------
+
+CANCEL = ".cancel/"
+
+
+def cancel_key(prefix: str, job_id: str) -> str:
+    """Where a cancel request for ``job_id`` waits for the daemon that has (or will claim) it."""
+    return f"{prefix}{CANCEL}{job_id}.json"
+
+
+def cancellable(view: dict) -> str | None:
+    """Why the job cannot be cancelled, or None (pure)."""
+    if view["state"] in FINISHED:
+        return f"job {view['job_id']!r} has already {view['state']}"
+    return None
+
+
+def request_cancel(store: Store, settings: Settings, job_id: str) -> dict:
+    """Record that ``job_id`` must end ``cancelled``; :class:`Conflict` when it has finished.
+
+    A request object rather than a message, so whichever daemon claims or runs the job — here or
+    on another host — honours it (:func:`take_cancel` after a claim, :func:`requested_cancels`
+    for running jobs).
+    """
+    view = load_job(store, settings, job_id, with_result=False)
+    reason = cancellable(view)
+    if reason is not None:
+        raise Conflict(reason)
+    store.put_json(
+        settings.watch_bucket,
+        cancel_key(settings.watch.prefix, job_id),
+        {"job_id": job_id, "requested_at": datetime.now(UTC).isoformat()},
+    )
+    return view
+
+
+def take_cancel(store: Store, settings: Settings, job_id: str) -> bool:
+    """True (and the request consumed) when ``job_id`` was asked to cancel."""
+    key = cancel_key(settings.watch.prefix, job_id)
+    if store.head(settings.watch_bucket, key) is None:
+        return False
+    store.delete(settings.watch_bucket, key)
+    return True
+
+
+def requested_cancels(store: Store, settings: Settings) -> list[str]:
+    """The job ids with a cancel request waiting (one listing)."""
+    prefix = f"{settings.watch.prefix}{CANCEL}"
+    return [
+        obj.key[len(prefix) : -len(".json")]
+        for obj in store.list_objects(settings.watch_bucket, prefix)
+        if obj.key.endswith(".json")
+    ]
+
+
+def clear_cancel(store: Store, settings: Settings, job_id: str) -> None:
+    store.delete(settings.watch_bucket, cancel_key(settings.watch.prefix, job_id))
 
 
 # -- download links ---------------------------------------------------------------------------

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from watcher import intake, jobs
+from watcher.errors import WatcherError
 from watcher.readiness import Readiness
 
 if TYPE_CHECKING:
@@ -17,6 +18,36 @@ if TYPE_CHECKING:
     from watcher.store import Store
 
 READY_CACHE_SECONDS = 5.0
+# How often a daemon with running jobs looks for cancel requests made elsewhere (CONTRACT §9:
+# a cancelled job ends within 10 s).
+CANCEL_SCAN_SECONDS = 3.0
+
+
+def honour_cancels(daemon: Daemon, store: Store, settings: Settings, log: Any) -> None:
+    """Make ``daemon`` honour cancel requests (``jobs.request_cancel``) written by any process:
+    a job is checked once claimed, before it runs; while jobs run here, the requests are listed
+    every :data:`CANCEL_SCAN_SECONDS` (one LIST, none while idle)."""
+
+    def check(job_id: str) -> bool:
+        try:
+            return jobs.take_cancel(store, settings, job_id)
+        except WatcherError as exc:
+            log.warning("cancel_check_failed", job_id=job_id, error=exc.message)
+            return False
+
+    def scan() -> None:
+        if daemon.running_jobs() == 0:
+            return
+        try:
+            for job_id in jobs.requested_cancels(store, settings):
+                if daemon.cancel(job_id):
+                    log.info("job_cancel_requested", job_id=job_id)
+                    jobs.clear_cancel(store, settings, job_id)
+        except WatcherError as exc:
+            log.warning("cancel_scan_failed", error=exc.message)
+
+    daemon.set_cancel_check(check)
+    daemon.add_periodic(scan, CANCEL_SCAN_SECONDS, "cancel-requests")
 
 
 class DaemonBackend:
@@ -57,6 +88,16 @@ class DaemonBackend:
         retried = jobs.retry_job(self.store, self.settings, job_id)
         self.daemon.wake([retried["manifest"]])
         return retried
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued or running job: at once when it runs here, else through a cancel
+        request that the daemon claiming or running it honours (``jobs.request_cancel``)."""
+        view = jobs.request_cancel(self.store, self.settings, job_id)
+        if self.daemon.cancel(job_id):
+            jobs.clear_cancel(self.store, self.settings, job_id)
+        else:
+            self.daemon.wake()
+        return view
 
     def download_url(self, job_id: str) -> str:
         view = jobs.load_job(self.store, self.settings, job_id, with_result=False)

@@ -73,6 +73,13 @@ class FakeBackend:
             raise Conflict(f"job {job_id!r} is running: only a failed job can be retried")
         return {"job_id": job_id, "target": "o.zip", "manifest": "zip-requests/f.json"}
 
+    def cancel(self, job_id: str) -> dict:
+        if job_id == "missing":
+            raise NotFound("no job 'missing'")
+        if job_id != "known":
+            raise Conflict(f"job {job_id!r} has already succeeded")
+        return {"job_id": job_id, "state": "running", "target": "o.zip"}
+
     def download_url(self, job_id: str) -> str:
         if job_id == "missing":
             raise NotFound("no job 'missing'")
@@ -251,6 +258,16 @@ def test_retry_is_202_for_a_failed_job_and_409_otherwise(app):
     assert r["status"] == 202 and r["headers"]["Location"] == "/jobs/failed-one"
     busy = call(app, "POST", "/jobs/known/retry", headers=AUTH)
     assert busy["status"] == 409 and json.loads(busy["body"])["error"]["code"] == "conflict"
+
+
+def test_cancel_is_202_for_a_live_job_409_for_a_finished_one_404_for_none(app):
+    r = call(app, "DELETE", "/jobs/known", headers=AUTH)
+    assert r["status"] == 202 and r["headers"]["Location"] == "/jobs/known"
+    assert json.loads(r["body"])["target"] == "o.zip"
+    done = call(app, "DELETE", "/jobs/done-one", headers=AUTH)
+    assert done["status"] == 409 and json.loads(done["body"])["error"]["code"] == "conflict"
+    assert call(app, "DELETE", "/jobs/missing", headers=AUTH)["status"] == 404
+    assert call(app, "DELETE", "/jobs/known")["status"] == 401
 
 
 def test_download_redirects_to_a_fresh_link_that_is_never_logged(app):
@@ -440,6 +457,9 @@ def test_every_answer_of_the_app_is_documented_in_openapi(app, backend):
         ("GET", "/jobs?limit=0", "/jobs", b"", AUTH),
         ("POST", "/jobs/failed-one/retry", "/jobs/{job_id}/retry", b"", AUTH),
         ("POST", "/jobs/known/retry", "/jobs/{job_id}/retry", b"", AUTH),
+        ("DELETE", "/jobs/known", "/jobs/{job_id}", b"", AUTH),
+        ("DELETE", "/jobs/done-one", "/jobs/{job_id}", b"", AUTH),
+        ("DELETE", "/jobs/missing", "/jobs/{job_id}", b"", AUTH),
         ("GET", "/jobs/known/download", "/jobs/{job_id}/download", b"", AUTH),
         ("GET", "/jobs/missing/download", "/jobs/{job_id}/download", b"", AUTH),
         ("GET", "/healthz", "/healthz", b"", {}),

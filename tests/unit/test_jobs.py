@@ -9,6 +9,8 @@ import pytest
 from watcher.jobs import (
     BadRequest,
     Listed,
+    cancel_key,
+    cancellable,
     decode_cursor,
     encode_cursor,
     job_view,
@@ -75,3 +77,18 @@ def test_only_a_failed_job_from_the_requests_prefix_can_be_retried():
     assert retryable({"job_id": "j", "state": "failed", "manifest": "zip-requests/j.json"}) is None
     assert "succeeded" in retryable({"job_id": "j", "state": "succeeded", "manifest": "m"})
     assert "zip" in retryable({"job_id": "j", "state": "failed", "manifest": None})
+
+
+def test_only_a_job_that_has_not_finished_can_be_cancelled():
+    assert cancellable({"job_id": "j", "state": "pending"}) is None
+    assert cancellable({"job_id": "j", "state": "running"}) is None
+    assert "succeeded" in cancellable({"job_id": "j", "state": "succeeded"})
+    assert "failed" in cancellable({"job_id": "j", "state": "failed"})
+
+
+def test_a_cancel_request_lives_beside_the_job_index_not_among_manifests():
+    from watcher.layout import is_manifest_key
+
+    key = cancel_key("zip-requests/", "j-1")
+    assert key == "zip-requests/.cancel/j-1.json"
+    assert not is_manifest_key(key, "zip-requests/")

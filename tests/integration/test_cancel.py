@@ -1,0 +1,103 @@
+"""Cancel (CONTRACT §9) through the daemon subprocess and moto's server: a queued and a running
+job end failed with code cancelled, no ZIP, no upload left; a finished job answers 409 (CLI: exit
+2), an unknown one 404 (CLI: exit 2).
+
+Three paths: a queued job's request is honoured when a daemon claims it; a job running on the
+daemon that serves the DELETE is cancelled at once; ``cancel`` from the CLI (another process, as
+another host would) leaves a request that the running daemon's periodic scan picks up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import SHARED_SECRET, free_port, put_objects
+from daemonproc import read_json, wait_until, write_config
+from faultproxy import Fault, FaultProxy
+from test_http import AUTH, _listening, request
+
+SLOW_FILES = [f"slow/{i:03}.bin" for i in range(200)]
+
+
+def test_cancel_queued_and_running_jobs(s3, s3_server, s3_env, bucket, tmp_path, daemons):
+    put_objects(s3, bucket, {name: b"s" * 100 for name in SLOW_FILES} | {"a.txt": b"alpha"})
+    proxy = FaultProxy(s3_server.port).start()
+    # Every GET of an input arrives 2 s late: a job over 200 of them runs for a minute or more.
+    proxy.add(Fault("delay", method="GET", key=r"/slow/", seconds=2, times=10**9))
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml", watch={"max_concurrent_jobs": 1}, http={"enabled": True, "port": port}
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
+            env={**os.environ, **s3_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    def view(job_id: str) -> dict:
+        return json.loads(request(port, "GET", f"/jobs/{job_id}", headers=AUTH)[2])
+
+    def submit(job_id: str, files: list[str]) -> None:
+        body = json.dumps({"id": job_id, "files": files, "target": f"out/{job_id}.zip"}).encode()
+        assert request(port, "POST", "/jobs", body, AUTH)[0] == 202
+
+    def ends_cancelled(job_id: str) -> None:
+        done = wait_until(
+            lambda: (v := view(job_id))["state"] == "failed" and v, 60, f"{job_id} to end"
+        )
+        assert done["error"]["code"] == "cancelled", done
+        marker = read_json(s3, bucket, f"out/{job_id}.zip.result.json")
+        assert marker["state"] == "failed" and marker["error"]["code"] == "cancelled", marker
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"out/{job_id}.zip").get("Contents", [])
+        assert f"out/{job_id}.zip" not in [o["Key"] for o in listed], "a ZIP was written"
+        wait_until(
+            lambda: read_json(s3, bucket, f"zip-requests/failed/{job_id}.json") is not None,
+            30,
+            f"{job_id}'s manifest filed under failed/",
+        )
+
+    def running(job_id: str) -> None:
+        wait_until(lambda: view(job_id)["state"] == "running", 60, f"{job_id} to run")
+
+    try:
+        daemons(config, env={"SHARED_SECRET": SHARED_SECRET}, endpoint=proxy.endpoint_url)
+        wait_until(lambda: _listening(port), 60, "the HTTP server")
+        submit("slow1", SLOW_FILES)
+        running("slow1")
+        submit("queued", ["a.txt"])
+        # One slot, taken by slow1: the second job waits, and is cancelled while it waits.
+        assert view("queued")["state"] == "pending"
+        status, headers, _ = request(port, "DELETE", "/jobs/queued", headers=AUTH)
+        assert status == 202 and headers["Location"] == "/jobs/queued"
+        assert view("queued")["state"] == "pending"
+        # The running job, from another process: a request the daemon's scan picks up.
+        cancelled = cli("cancel", "slow1")
+        assert cancelled.returncode == 0, cancelled.stderr
+        ends_cancelled("slow1")
+        ends_cancelled("queued")
+        # A job running on the daemon that answers the DELETE.
+        submit("slow2", SLOW_FILES)
+        running("slow2")
+        status, _, _ = request(port, "DELETE", "/jobs/slow2", headers=AUTH)
+        assert status == 202
+        ends_cancelled("slow2")
+        assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        assert not s3.list_objects_v2(Bucket=bucket, Prefix="zip-requests/.cancel/").get(
+            "Contents"
+        ), "a cancel request was left behind"
+
+        assert request(port, "DELETE", "/jobs/slow1", headers=AUTH)[0] == 409
+        assert request(port, "DELETE", "/jobs/nobody", headers=AUTH)[0] == 404
+        finished = cli("cancel", "slow2")
+        assert finished.returncode == 2 and "already failed" in finished.stderr, finished
+        unknown = cli("cancel", "nobody")
+        assert unknown.returncode == 2 and "not_found" in unknown.stderr, unknown
+    finally:
+        proxy.stop()
