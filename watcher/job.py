@@ -103,6 +103,15 @@ class Running:
                     log.warning("status_marker_failed", code=exc.code, error=exc.message)
 
 
+def _before_commit(cancel: Cancel, fence: Callable[[], None] | None) -> None:
+    """A job cancelled before its ZIP is committed writes none, even when the pipeline never
+    waited on a read after the cancel (a small job, or one cancelled before it started)."""
+    if cancel.is_set():
+        raise JobCancelled("the job was cancelled")
+    if fence is not None:
+        fence()
+
+
 def limits_from(settings: Settings) -> PipelineLimits:
     pipeline = settings.pipeline
     return PipelineLimits(
@@ -211,7 +220,7 @@ def run_job(
             progress=progress,
             limits=limits_from(settings),
             cancel=cancel,
-            before_commit=fence,
+            before_commit=lambda: _before_commit(cancel, fence),
         )
     except JobCancelled as exc:
         if cancel.reason != REQUESTED:

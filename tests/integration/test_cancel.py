@@ -101,3 +101,26 @@ def test_cancel_queued_and_running_jobs(s3, s3_server, s3_env, bucket, tmp_path,
         assert unknown.returncode == 2 and "not_found" in unknown.stderr, unknown
     finally:
         proxy.stop()
+
+
+def test_a_job_cancelled_before_it_commits_writes_no_zip(s3, s3_server, bucket):
+    """However small the job: a cancel set before the commit leaves no ZIP (the pipeline may
+    never wait on a read after the cancel, so run_job checks it right before committing)."""
+    from test_zip_job import settings_for
+
+    from watcher.job import REQUESTED, Running, run_job
+    from watcher.store import Store, make_client
+
+    put_objects(s3, bucket, {"a.txt": b"alpha"})
+    settings = settings_for(s3_server.endpoint_url, bucket)
+    running = Running()
+    running.cancel.set(REQUESTED)
+    manifest = json.dumps({"files": ["a.txt"], "target": "out/a.zip"}).encode()
+    outcome = run_job(
+        Store(make_client(settings.s3)), settings, manifest, manifest_key=None, running=running
+    )
+    assert outcome.state == "failed" and outcome.error.code == "cancelled", outcome
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="out/a.zip").get("Contents", [])
+    assert "out/a.zip" not in [o["Key"] for o in listed], "a ZIP was written"
+    assert read_json(s3, bucket, "out/a.zip.result.json")["error"]["code"] == "cancelled"
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
