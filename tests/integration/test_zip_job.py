@@ -206,7 +206,11 @@ def test_failure_leaves_the_previous_target_untouched_and_no_upload(s3_server, s
     assert not uploads(s3, bucket)
 
 
-@pytest.mark.slow  # 65,600 GETs over HTTP: minutes on a shared machine
+# 65,600 GETs over HTTP on the suite's shared moto server took over 10 minutes in the full suite
+# on 2 cores (2026-11-29), so it runs under `make soak`; `make test` keeps 65,600 entries through
+# write_zip in test_readers.py (all 12 readers) and 65,537 in test_pipeline.py.
+@pytest.mark.soak
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_more_than_65535_entries_uses_zip64(s3_server, s3, bucket, tmp_path):
     put_objects(s3, bucket, {"one.txt": b"1", "two.txt": b"22"})
