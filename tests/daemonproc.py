@@ -142,3 +142,19 @@ def read_json(s3, bucket: str, key: str) -> dict | None:
     except s3.exceptions.NoSuchKey:
         return None
     return json.loads(body)
+
+
+MANIFEST_PREFIX = "zip-requests/"
+
+
+def drop(s3, bucket: str, name: str, manifest: dict | bytes, prefix: str = MANIFEST_PREFIX) -> str:
+    """Drop a manifest (a dict as JSON, or bytes) as ``<prefix><name>.json``; returns its key."""
+    key = f"{prefix}{name}.json"
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return key
+
+
+def result_of(s3, bucket: str, target: str) -> dict | None:
+    """The result marker next to ``target``, or None while there is none."""
+    return read_json(s3, bucket, f"{target}.result.json")

@@ -9,20 +9,9 @@ import urllib.error
 import urllib.request
 
 from conftest import SHARED_SECRET, free_port, put_objects, verify_zip
-from daemonproc import list_keys, read_json, wait_until, write_config
+from daemonproc import drop, list_keys, read_json, result_of, wait_until, write_config
 
 PREFIX = "zip-requests/"
-
-
-def drop(s3, bucket: str, name: str, manifest: dict | bytes) -> str:
-    key = f"{PREFIX}{name}.json"
-    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
-    s3.put_object(Bucket=bucket, Key=key, Body=body)
-    return key
-
-
-def result_of(s3, bucket: str, target: str) -> dict | None:
-    return read_json(s3, bucket, f"{target}.result.json")
 
 
 def check_zip(s3, bucket: str, target: str, expected: dict[str, bytes], tmp_path) -> None:
