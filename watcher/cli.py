@@ -283,16 +283,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _start_notifier(settings, daemon, log):
-    """Completion callbacks: every finished job's result marker POSTed to notify.url."""
-    if not settings.notify.url:
+    """Completion callbacks: every finished job's result marker POSTed to notify.url, and to the
+    manifest's own notify_url (its host was checked against notify.allowed_hosts at parse)."""
+    if not (settings.notify.url or settings.notify.allowed_hosts):
         return None
     from watcher.notify import Notifier
 
     notifier = Notifier(
         secret=settings.notify.secret.reveal(), max_attempts=settings.notify.max_attempts, log=log
     )
-    url = settings.notify.url
-    daemon.set_on_finished(lambda result: notifier.submit(url, result))
+
+    def on_finished(result: dict, own_url: str | None) -> None:
+        for url in dict.fromkeys(u for u in (settings.notify.url, own_url) if u):
+            notifier.submit(url, result)
+
+    daemon.set_on_finished(on_finished)
     return notifier
 
 

@@ -8,6 +8,7 @@ are never read from the file: they come from the standard AWS chain only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,21 @@ class NotifySettings:
     url: str | None = None
     secret: Secret | None = None
     max_attempts: int = 8
+    allowed_hosts: tuple[str, ...] = ()  # hosts a manifest's notify_url may name
+
+
+_HOST_ENTRY = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+
+
+def _host_list(v: list) -> str | None:
+    for entry in v:
+        if not isinstance(entry, str) or not _HOST_ENTRY.fullmatch(entry):
+            return (
+                f"must list host names (or host:port), e.g. hooks.example.com; {entry!r} is not one"
+            )
+    return None
 
 
 def _http_url(v: str) -> str | None:
@@ -275,6 +291,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "url": Key(str, _http_url, ("NOTIFY_URL",), nullable=True),
         "secret": Key(str, _nonempty, ("NOTIFY_SECRET",), nullable=True, secret=True),
         "max_attempts": Key(int, lambda v: None if 1 <= v <= 100 else "must be 1-100"),
+        "allowed_hosts": Key(list, _host_list, ("NOTIFY_ALLOWED_HOSTS",)),
     },
     "retention": {
         "done_days": Key((int, float), _at_least(0)),
@@ -307,7 +324,13 @@ def _type_ok(value: Any, spec: Key) -> bool:
 
 def _describe(spec: Key) -> str:
     types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+    }
     return " or ".join(names[t] for t in types if not (t is int and float in types))
 
 
@@ -315,6 +338,8 @@ def _from_env(name: str, text: str, spec: Key) -> Any:
     types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
     if str in types:
         return text
+    if list in types:  # comma-separated
+        return [item.strip() for item in text.split(",") if item.strip()]
     try:
         return int(text) if int in types and float not in types else float(text)
     except ValueError:
@@ -333,6 +358,8 @@ def _validate(where: str, value: Any, spec: Key) -> Any:
         reason = spec.check(value)
         if reason is not None:
             raise ConfigError(where, f"{reason} (got {shown})")
+    if isinstance(value, list):
+        return tuple(value)  # Settings are frozen, and hashable
     return Secret(value) if spec.secret else value
 
 
@@ -387,7 +414,7 @@ def from_mapping(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -> 
     if watch.max_idle_interval_seconds < watch.interval_seconds:
         raise ConfigError("watch.max_idle_interval_seconds", "must be >= watch.interval_seconds")
     notify = sections["notify"]
-    if notify.get("url") and not notify.get("secret"):
+    if (notify.get("url") or notify.get("allowed_hosts")) and not notify.get("secret"):
         raise ConfigError(
             "notify.secret", "must be set (or NOTIFY_SECRET) when callbacks are on: it signs them"
         )

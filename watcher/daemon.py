@@ -472,7 +472,7 @@ class Daemon:
         self._cancel_check: Callable[[str], bool] | None = None
         self._poller: threading.Thread | None = None
         self.polls = 0
-        self._on_finished: Callable[[dict], None] | None = None
+        self._on_finished: Callable[[dict, str | None], None] | None = None
 
     # -- control -----------------------------------------------------------------------------
 
@@ -480,9 +480,10 @@ class Daemon:
         """Poll now instead of at the next interval (HTTP submissions, B2 events)."""
         self._wake.set()
 
-    def set_on_finished(self, callback: Callable[[dict], None]) -> None:
-        """``callback(result_marker)`` after each job that wrote a result marker and was filed
-        (completion callbacks); it must return at once."""
+    def set_on_finished(self, callback: Callable[[dict, str | None], None]) -> None:
+        """``callback(result_marker, notify_url)`` after each job that wrote a result marker and
+        was filed (completion callbacks; ``notify_url`` is the manifest's own, or None); it must
+        return at once."""
         self._on_finished = callback
 
     def request_stop(self) -> None:
@@ -771,7 +772,7 @@ class Daemon:
             self.metrics.observe_outcome(outcome)
         self._file(live, version, succeeded=outcome.state == "succeeded", log=log)
         if self._on_finished is not None and outcome.result is not None:
-            self._on_finished(outcome.result)  # completion callbacks (issue 13)
+            self._on_finished(outcome.result, outcome.notify_url)  # completion callbacks (§9)
         return None
 
     def _commit_record(self, version: ManifestVersion, target: str) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -79,14 +80,16 @@ def decide_id(entry: dict | None, digest: str) -> IdDecision:
     return "same" if entry["digest"] == digest else "conflict"
 
 
-def prepare_submission(raw: bytes, *, prefix: str) -> tuple[Submitted, Manifest, bytes]:
+def prepare_submission(
+    raw: bytes, *, prefix: str, notify_hosts: Collection[str] = ()
+) -> tuple[Submitted, Manifest, bytes]:
     """Validate ``raw`` exactly as the watcher will, and give it an id if it has none.
 
     Pure: returns the submission, the parsed manifest and the bytes to store. A manifest without
     ``id`` gets a random one written into it, so the id the client is told is the id every marker
     will carry.
     """
-    manifest = parse_manifest(raw, requests_prefix=prefix)
+    manifest = parse_manifest(raw, requests_prefix=prefix, notify_hosts=notify_hosts)
     body = raw
     job_id = manifest.id
     if job_id is None:
@@ -107,7 +110,9 @@ def submit_manifest(store: Store, settings: Settings, raw: bytes) -> Submitted:
     conditional writes everywhere; the daemon's :func:`admit_job` then fails the loser.)
     """
     prefix = settings.watch.prefix
-    submitted, manifest, body = prepare_submission(raw, prefix=prefix)
+    submitted, manifest, body = prepare_submission(
+        raw, prefix=prefix, notify_hosts=settings.notify.allowed_hosts
+    )
     digest = content_digest(manifest)
     if manifest.id is not None:
         entry = lookup_job(store, settings, manifest.id)

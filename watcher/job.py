@@ -51,6 +51,7 @@ class Outcome:
     target: str | None
     error: JobError | None
     result: dict[str, Any] | None
+    notify_url: str | None = None  # the manifest's own completion callback (CONTRACT §9)
 
 
 SHUTDOWN = "shutdown"
@@ -150,7 +151,9 @@ def run_job(
     output = settings.buckets.output
     started = time.monotonic()
     try:
-        manifest = parse_manifest(raw_manifest, requests_prefix=prefix)
+        manifest = parse_manifest(
+            raw_manifest, requests_prefix=prefix, notify_hosts=settings.notify.allowed_hosts
+        )
     except JobError as exc:
         job_id = job_id or guess_id(raw_manifest) or job_id_for(None, manifest_key)
         log = log.bind(job_id=job_id)
@@ -253,7 +256,7 @@ def run_job(
         bytes_written=progress.bytes_written,
         seconds=round(time.monotonic() - started, 3),
     )
-    return Outcome(job_id, state, manifest.target, error, result)
+    return Outcome(job_id, state, manifest.target, error, result, manifest.notify_url)
 
 
 def _rejected(

@@ -11,7 +11,9 @@ import hashlib
 import json
 import re
 import unicodedata
+import urllib.parse
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ MAX_ENTRIES = 100_000
 MAX_KEY_BYTES = 1024
 COMPRESSIONS = ("auto", "deflate", "store")
 MISSING_MODES = ("fail", "skip")
-_FIELDS = {"files", "target", "compression", "missing", "id"}
+_FIELDS = {"files", "target", "compression", "missing", "id", "notify_url"}
 _ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _MAX_DEPTH = 64
 # Unicode bidirectional embeddings, overrides and isolates: they make a name display as another
@@ -53,6 +55,7 @@ class Manifest:
     compression: str | None
     missing: str | None
     id: str | None
+    notify_url: str | None = None  # completion callback of this job only (CONTRACT §9)
 
 
 def _show(value: object, limit: int = 80) -> str:
@@ -232,8 +235,40 @@ def check_target(target: object, *, requests_prefix: str) -> str:
     return target
 
 
-def parse_manifest(raw: bytes, *, requests_prefix: str) -> Manifest:
-    """Validate ``raw`` completely; raise InvalidManifest/TargetConflict naming the problem."""
+def check_notify_url(url: object, allowed_hosts: Collection[str]) -> str:
+    """The manifest's ``notify_url`` when its host is in ``notify.allowed_hosts`` (CONTRACT §9).
+
+    An entry is a host name (any port) or ``host:port``, compared without regard to case. The
+    message names the host, never the URL: its path or query may carry a token.
+    """
+    if not isinstance(url, str):
+        raise InvalidManifest(f"notify_url: must be a string, not {type(url).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidManifest("notify_url: must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise InvalidManifest("notify_url: must not carry user info (user@host)")
+    host = parts.hostname.lower()
+    allowed = {entry.lower() for entry in allowed_hosts}
+    if host not in allowed and (port is None or f"{host}:{port}" not in allowed):
+        listed = "none allowed" if not allowed else "allowed: " + ", ".join(sorted(allowed))
+        raise InvalidManifest(
+            f"notify_url: the host {host!r} is not in notify.allowed_hosts ({listed})"
+        )
+    return url
+
+
+def parse_manifest(
+    raw: bytes, *, requests_prefix: str, notify_hosts: Collection[str] = ()
+) -> Manifest:
+    """Validate ``raw`` completely; raise InvalidManifest/TargetConflict naming the problem.
+
+    ``notify_hosts`` is ``notify.allowed_hosts``: the hosts a ``notify_url`` may name.
+    """
     document = decode(raw)
     unknown = set(document) - _FIELDS
     if unknown:
@@ -269,12 +304,16 @@ def parse_manifest(raw: bytes, *, requests_prefix: str) -> Manifest:
             f"id: {_show(job_id)} must be 1-128 characters of A-Z a-z 0-9 . _ - "
             "(not starting with '.')"
         )
+    notify_url = document.get("notify_url")
+    if notify_url is not None:
+        notify_url = check_notify_url(notify_url, notify_hosts)
     return Manifest(
         files=specs,
         target=target,
         compression=_optional_choice(document, "compression", COMPRESSIONS),
         missing=_optional_choice(document, "missing", MISSING_MODES),
         id=job_id,
+        notify_url=notify_url,
     )
 
 

@@ -213,3 +213,28 @@ def test_notify_keys_and_their_checks():
         with pytest.raises(ConfigError) as info:
             from_mapping(data, environ)
         assert info.value.key == key
+
+
+def test_notify_allowed_hosts_from_the_file_or_a_comma_separated_variable():
+    settings = from_mapping(
+        {"notify": {"secret": "s", "allowed_hosts": ["hooks.example.com", "127.0.0.1:9000"]}}, {}
+    )
+    assert settings.notify.allowed_hosts == ("hooks.example.com", "127.0.0.1:9000")
+    settings = from_mapping(
+        {}, {"NOTIFY_ALLOWED_HOSTS": " a.example.com, b.example.com ,", "NOTIFY_SECRET": "s"}
+    )
+    assert settings.notify.allowed_hosts == ("a.example.com", "b.example.com")
+    assert from_mapping({}, {}).notify.allowed_hosts == ()
+    for data, environ, key in [
+        ({"notify": {"secret": "s", "allowed_hosts": "a.example.com"}}, {}, "notify.allowed_hosts"),
+        ({"notify": {"secret": "s", "allowed_hosts": [3]}}, {}, "notify.allowed_hosts"),
+        (
+            {"notify": {"secret": "s", "allowed_hosts": ["https://a.example.com/"]}},
+            {},
+            "notify.allowed_hosts",
+        ),
+        ({"notify": {"allowed_hosts": ["a.example.com"]}}, {}, "notify.secret"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            from_mapping(data, environ)
+        assert info.value.key == key

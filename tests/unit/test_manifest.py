@@ -495,3 +495,33 @@ def test_guess_target_finds_a_leading_target_in_any_head_of_the_manifest(keys, d
     end = len(json.dumps({"target": "out/\u00e9 x.zip"}, ensure_ascii=False).encode()) - 1
     cut = data.draw(st.integers(min_value=end, max_value=len(raw)))
     assert guess_target(raw[:cut], requests_prefix=PREFIX) == "out/\u00e9 x.zip"
+
+
+def test_a_notify_url_is_accepted_only_for_an_allowed_host():
+    """CONTRACT §9: a manifest's ``notify_url`` must name a host of ``notify.allowed_hosts``;
+    any other is ``invalid_manifest`` (the URL is never fetched)."""
+    hook = "https://hooks.example.com:8443/zip?token=t"
+
+    def parse_with(hosts: tuple[str, ...], url: object) -> object:
+        raw = json.dumps(ok(notify_url=url)).encode()
+        return parse_manifest(raw, requests_prefix=PREFIX, notify_hosts=hosts)
+
+    assert parse_with(("hooks.example.com",), hook).notify_url == hook
+    assert parse_with(("HOOKS.example.com:8443",), hook).notify_url == hook
+    assert parse(ok()).notify_url is None
+    assert parse(ok(notify_url=None)).notify_url is None
+    for hosts, url, needle in [
+        ((), hook, "'hooks.example.com' is not in notify.allowed_hosts (none allowed)"),
+        (("other.example.com",), hook, "'hooks.example.com' is not in notify.allowed_hosts"),
+        (("hooks.example.com:9000",), hook, "is not in notify.allowed_hosts"),
+        (("evil.example.com",), "https://hooks.example.com@evil.example.com/", "user info"),
+        (("hooks.example.com",), "ftp://hooks.example.com/x", "http:// or https://"),
+        (("hooks.example.com",), "hooks.example.com/zip", "http:// or https://"),
+        (("hooks.example.com",), 5, "must be a string"),
+    ]:
+        with pytest.raises(InvalidManifest) as info:
+            parse_with(hosts, url)
+        assert info.value.code == "invalid_manifest"
+        assert info.value.message.startswith("notify_url: "), info.value.message
+        assert needle in info.value.message, info.value.message
+        assert "token=t" not in info.value.message, "a callback URL may carry a token"
