@@ -254,7 +254,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         honour_cancels(daemon, store, settings, log)
         http = _start_http(settings, store, daemon, metrics, log=log)
         notifier = _start_notifier(settings, daemon, log)
-        housekeeping = Housekeeping(settings, store.client, metrics=metrics, log=log)
+        housekeeping = Housekeeping(settings, store, metrics=metrics, log=log)
         housekeeping.start()
         wakeup = Listener(settings, daemon.wake)
         if wakeup.start():

@@ -57,6 +57,7 @@ from watcher.errors import (
     InvalidManifest,
     JobCancelled,
     JobError,
+    MissingInput,
     StorageError,
     WatcherError,
 )
@@ -64,7 +65,7 @@ from watcher.job import CLAIM_LOST, REQUESTED, SHUTDOWN, Running, reject_oversiz
 from watcher.layout import filed_key, is_manifest_key
 from watcher.manifest import MAX_MANIFEST_BYTES, guess_id, guess_target, job_id_for
 from watcher.markers import JobInfo, MarkerWriter, Progress, result_key
-from watcher.store import error_code, translate_client_error
+from watcher.store import PreconditionFailed
 
 if TYPE_CHECKING:
     from watcher.claims import Claim, Claimer
@@ -141,27 +142,13 @@ class ManifestVersion:
         return all(recorded.get(name) == mine[name] for name in ("etag", "version_id", "run"))
 
 
-def _is_precondition_failure(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError) and error_code(exc) in ("PreconditionFailed", "412")
-
-
 class _ManifestFiles:
-    """The manifest's own objects: read one version, file exactly that version (§7.1).
-
-    Filing makes raw client calls (through the Store's counting client) for the conditional
-    copy and the delete by version, which the Store has no verb for.
-    """
+    """The manifest's own objects: read one version, file exactly that version (§7.1)."""
 
     def __init__(self, store: Store, bucket: str, prefix: str) -> None:
         self.store = store
         self.bucket = bucket
         self.prefix = prefix
-
-    @property
-    def client(self) -> Any:
-        return self.store.client
 
     def read(self, key: str, run: str) -> ManifestVersion | None:
         """The manifest as it is now, or None when it is gone; TooLarge past the size limit."""
@@ -178,47 +165,26 @@ class _ManifestFiles:
         by VersionId on a versioned bucket, else conditional on the ETag: a newer version with
         other content stays, and is a new job.
         """
-        from botocore.exceptions import BotoCoreError, ClientError
-
         destination = filed_key(self.prefix, version.key, succeeded)
-        source: dict[str, str] = {"Bucket": self.bucket, "Key": version.key}
-        if version.version_id:
-            source["VersionId"] = version.version_id
         try:
+            self.store.copy(
+                self.bucket,
+                version.key,
+                destination,
+                version_id=version.version_id,
+                if_match=version.etag,
+            )
+        except (PreconditionFailed, MissingInput):
+            self.store.put_bytes(
+                self.bucket, destination, version.body, content_type="application/json"
+            )
+        if version.version_id:
             try:
-                self.client.copy_object(
-                    Bucket=self.bucket,
-                    Key=destination,
-                    CopySource=source,
-                    CopySourceIfMatch=version.etag,
-                )
-            except ClientError as exc:
-                if not _is_precondition_failure(exc) and error_code(exc) not in (
-                    "NoSuchKey",
-                    "404",
-                    "NoSuchVersion",
-                ):
-                    raise
-                self.store.put_bytes(
-                    self.bucket, destination, version.body, content_type="application/json"
-                )
-            try:
-                if version.version_id:
-                    self.client.delete_object(
-                        Bucket=self.bucket, Key=version.key, VersionId=version.version_id
-                    )
-                else:
-                    self.client.delete_object(
-                        Bucket=self.bucket, Key=version.key, IfMatch=version.etag
-                    )
-            except ClientError as exc:
-                if not _is_precondition_failure(exc) and error_code(exc) not in (
-                    "NoSuchKey",
-                    "404",
-                ):
-                    raise
-        except (ClientError, BotoCoreError) as exc:
-            raise translate_client_error(exc, bucket=self.bucket, key=version.key) from None
+                self.store.delete(self.bucket, version.key, version_id=version.version_id)
+            except MissingInput:
+                pass
+        else:
+            self.store.delete_if_match(self.bucket, version.key, version.etag)
 
 
 # -- the live jobs ----------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Under the requests prefix ``P`` (watch bucket):
   ``P failed/<name>.error.json`` — why a manifest failed for good (:func:`error_report_key`);
 * ``P .claims/<name>…`` — claims (:func:`claim_base`), including start-up probe keys;
 * ``P .jobs/<job_id>.json`` — the job index (:func:`job_index_key`);
-* ``P .crc/…`` — reserved for the CRC-32 cache (CONTRACT §11).
+* ``P .crc/…`` — reserved for the CRC-32 cache (CONTRACT §11);
+* ``P .cancel/<job_id>.json`` — a cancel request waiting for the daemon that holds the job.
 
 Next to every target (output bucket): ``<target>.status.json`` and ``<target>.result.json``.
 
@@ -22,6 +23,7 @@ FAILED = "failed/"
 CLAIMS = ".claims/"
 JOBS = ".jobs/"
 CRC = ".crc/"
+CANCEL = ".cancel/"
 
 STATUS_SUFFIX = ".status.json"
 RESULT_SUFFIX = ".result.json"

@@ -128,22 +128,14 @@ def buckets_for(settings: Settings, keys: Iterable[str]) -> list[tuple[str, str 
 
 
 def probe_client(settings: Settings) -> Any:
-    """A client that gives up quickly (one retry, short timeouts): a probe answers in seconds."""
-    import boto3
-    from botocore.config import Config
+    """A :class:`watcher.store.Store` that gives up quickly (one retry, short timeouts): a probe
+    answers in seconds."""
+    from watcher.store import Store, make_client
 
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 2},
-        connect_timeout=5,
-        read_timeout=10,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={"addressing_style": "path"},
-        user_agent_extra="b2-zip-watcher",
+    client = make_client(
+        settings.s3, connect_timeout=5, read_timeout=10, max_attempts=2, max_pool_connections=4
     )
-    return boto3.session.Session().client(
-        "s3", endpoint_url=settings.s3.endpoint_url, region_name=settings.s3.region, config=config
-    )
+    return Store(client)
 
 
 def probe(settings: Settings, keys: Iterable[str], client: Any = None) -> list[Problem]:
@@ -152,7 +144,7 @@ def probe(settings: Settings, keys: Iterable[str], client: Any = None) -> list[P
     An endpoint or credentials problem is the same for every bucket, so it is reported once and
     the remaining buckets are not tried.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
+    from watcher.errors import WatcherError
 
     endpoint = settings.s3.endpoint_url or "the AWS default endpoint"
     problems: list[Problem] = []
@@ -167,27 +159,16 @@ def probe(settings: Settings, keys: Iterable[str], client: Any = None) -> list[P
         if client is None:
             client = probe_client(settings)
         try:
-            client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            client.peek(bucket)
             continue
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        except WatcherError as exc:  # translated by the storage edge, which keeps the answer
             problem = classify(
                 key=key,
                 bucket=bucket,
                 endpoint=endpoint,
-                code=str(error.get("Code") or "") or None,
-                status=status,
-                transport="",
-            )
-        except BotoCoreError as exc:
-            problem = classify(
-                key=key,
-                bucket=bucket,
-                endpoint=endpoint,
-                code=None,
-                status=None,
-                transport=type(exc).__name__,
+                code=getattr(exc, "aws_code", None) or None,
+                status=getattr(exc, "status", None),
+                transport=getattr(exc, "transport", "") or "",
             )
         problems.append(problem)
         if problem.kind in ("unreachable", "credentials"):

@@ -8,7 +8,11 @@ In the watch bucket, under the requests prefix and nowhere else:
 * ``.jobs/`` — the job index, after the longer of the two (``GET /jobs/<id>`` and retry need it
   as long as the filed manifest exists);
 * ``.claims/`` — claims of jobs whose manifest is no longer in the requests prefix (finished),
-  after ``retention.done_days``; a claim whose manifest is still there is never touched.
+  after ``retention.done_days``; a claim whose manifest is still there is never touched;
+* ``.cancel/`` — cancel requests (``DELETE /jobs/<id>`` for a job another daemon holds), after
+  the job index's age: a request belongs to its job, and one not yet honoured must outlive any
+  queue (a consumed request leaves a delete marker on a versioned bucket, which goes the same
+  way).
 
 Every version of each such key goes, delete markers included (B2 keeps every version, and bills
 them), and a key is judged by its newest version: one rewritten recently stays whole. In the
@@ -17,7 +21,9 @@ aborted. ZIPs and their markers are the user's: nothing outside those sub-prefix
 listed for deletion (targets may not live in the requests prefix, CONTRACT §3).
 
 :func:`plan` decides (pure); :class:`Housekeeping` lists, deletes, counts, and runs as an
-APScheduler job every ``retention.interval_seconds``.
+APScheduler job every ``retention.interval_seconds``. Every request goes through
+:class:`watcher.store.Store` (its verbs list versions page by page, delete exact versions 1,000 at a
+time, translate errors and count requests); the sub-prefixes come from :mod:`watcher.layout`.
 """
 
 from __future__ import annotations
@@ -25,15 +31,34 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from watcher.errors import WatcherError
+from watcher.layout import CANCEL, CLAIMS, DONE, FAILED, JOBS
+
 if TYPE_CHECKING:
     from watcher.config import Settings
+    from watcher.store import Store
 
 DAY = 86_400.0
-KINDS = ("done", "failed", "jobs", "claims")
+KINDS = ("done", "failed", "jobs", "claims", "cancel")
+# Each kind's sub-prefix of the requests prefix.
+SUB_PREFIXES = {"done": DONE, "failed": FAILED, "jobs": JOBS, "claims": CLAIMS, "cancel": CANCEL}
+
+
+class Versioned(Protocol):
+    """One version of a key: :class:`Version` here, :class:`watcher.store.VersionInfo` live."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def version_id(self) -> str: ...
+
+    @property
+    def last_modified(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
@@ -60,17 +85,15 @@ def kind_of(key: str, prefix: str) -> str | None:
     if not key.startswith(prefix):
         return None
     rest = key[len(prefix) :]
-    for kind, sub in (("done", "done/"), ("failed", "failed/"), ("jobs", ".jobs/")):
+    for kind, sub in SUB_PREFIXES.items():
         if rest.startswith(sub) and len(rest) > len(sub):
             return kind
-    if rest.startswith(".claims/") and len(rest) > len(".claims/"):
-        return "claims"
     return None
 
 
 def claim_manifest(key: str, prefix: str) -> str:
     """The manifest key a claim key belongs to: ``.claims/<name>[/...]`` -> ``<prefix><name>``."""
-    rest = key[len(prefix) + len(".claims/") :]
+    rest = key[len(prefix) + len(CLAIMS) :]
     return prefix + rest.split("/", 1)[0]
 
 
@@ -79,29 +102,30 @@ def max_age(kind: str, policy: Policy) -> float:
         return policy.done_seconds
     if kind == "failed":
         return policy.failed_seconds
+    # "jobs" and "cancel": as long as the filed manifests the index points at
     if policy.done_seconds == 0 or policy.failed_seconds == 0:
-        return 0.0  # the index lives as long as the filed manifests it points at
+        return 0.0
     return max(policy.done_seconds, policy.failed_seconds)
 
 
 def plan(
-    versions: Iterable[Version],
+    versions: Iterable[Versioned],
     *,
     prefix: str,
     now: datetime,
     policy: Policy,
     waiting: set[str],
-) -> dict[str, list[Version]]:
+) -> dict[str, list[Versioned]]:
     """The versions to delete, by kind (pure).
 
     A key goes with all its versions when its newest version is older than its kind's age;
     ``waiting`` are the manifests in the requests prefix now, whose claims must stay.
     """
-    by_key: dict[str, list[Version]] = {}
+    by_key: dict[str, list[Versioned]] = {}
     for version in versions:
         if kind_of(version.key, prefix) is not None:
             by_key.setdefault(version.key, []).append(version)
-    doomed: dict[str, list[Version]] = {kind: [] for kind in KINDS}
+    doomed: dict[str, list[Versioned]] = {kind: [] for kind in KINDS}
     for key, all_versions in by_key.items():
         kind = kind_of(key, prefix)
         assert kind is not None
@@ -128,10 +152,10 @@ class Housekeeping:
     """Runs :meth:`run_once` periodically on its own APScheduler scheduler."""
 
     def __init__(
-        self, settings: Settings, client: Any, *, metrics: Any = None, log: Any = None
+        self, settings: Settings, store: Store, *, metrics: Any = None, log: Any = None
     ) -> None:
         self.settings = settings
-        self.client = client
+        self.store = store
         self.metrics = metrics
         self.log = log or structlog.get_logger("watcher.retention")
         self._scheduler: Any = None
@@ -157,12 +181,10 @@ class Housekeeping:
             self._scheduler.shutdown(wait=False)
 
     def _run_logged(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             counts = self.run_once()
-        except (ClientError, BotoCoreError) as exc:
-            self.log.warning("retention_failed", error=type(exc).__name__)
+        except WatcherError as exc:
+            self.log.warning("retention_failed", code=exc.code, error=exc.message)
             return
         if any(counts.values()):
             self.log.info("retention_deleted", **counts)
@@ -173,53 +195,27 @@ class Housekeeping:
         policy = Policy.from_settings(self.settings)
         bucket = self.settings.watch_bucket
         prefix = self.settings.watch.prefix
-        versions = list(self._versions(bucket, prefix))
-        waiting = self._current_manifests(bucket, prefix)
+        versions = [
+            v for sub in SUB_PREFIXES.values() for v in self._versions(bucket, prefix + sub)
+        ]
+        waiting = {o.key for o in self.store.list_objects(bucket, prefix, delimiter="/")}
         doomed = plan(versions, prefix=prefix, now=now, policy=policy, waiting=waiting)
         counts = {kind: 0 for kind in (*KINDS, "uploads")}
         for kind, items in doomed.items():
-            self._delete(bucket, items)
+            self.store.delete_versions(bucket, items)  # type: ignore[arg-type]
             counts[kind] = len(items)
         output = self.settings.buckets.output
-        for upload in stale_uploads(self._uploads(output), now=now, policy=policy):
-            self.client.abort_multipart_upload(
-                Bucket=output, Key=upload["Key"], UploadId=upload["UploadId"]
-            )
-            counts["uploads"] += 1
+        if policy.stale_upload_seconds > 0:
+            uploads = self.store.list_multipart_uploads(output, "")
+            for upload in stale_uploads(uploads, now=now, policy=policy):
+                self.store.abort_upload(output, upload["Key"], upload["UploadId"])
+                counts["uploads"] += 1
         if self.metrics is not None:
             for kind, n in counts.items():
                 if n:
                     self.metrics.retention_deleted.labels(kind=kind).inc(n)
         return counts
 
-    def _versions(self, bucket: str, prefix: str) -> Iterable[Version]:
-        for sub in ("done/", "failed/", ".jobs/", ".claims/"):
-            pages = self.client.get_paginator("list_object_versions").paginate(
-                Bucket=bucket, Prefix=prefix + sub
-            )
-            for page in pages:
-                for item in (*page.get("Versions", []), *page.get("DeleteMarkers", [])):
-                    yield Version(
-                        item["Key"], item.get("VersionId") or "null", item["LastModified"]
-                    )
-
-    def _current_manifests(self, bucket: str, prefix: str) -> set[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, Delimiter="/"
-        )
-        return {o["Key"] for page in pages for o in page.get("Contents", [])}
-
-    def _uploads(self, bucket: str) -> Iterable[dict]:
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
-            yield from page.get("Uploads", [])
-
-    def _delete(self, bucket: str, versions: list[Version]) -> None:
-        for start in range(0, len(versions), 1000):
-            chunk = versions[start : start + 1000]
-            self.client.delete_objects(
-                Bucket=bucket,
-                Delete={
-                    "Objects": [{"Key": v.key, "VersionId": v.version_id} for v in chunk],
-                    "Quiet": True,
-                },
-            )
+    def _versions(self, bucket: str, prefix: str) -> list[Versioned]:
+        """Every version and delete marker under ``prefix`` (one sub-prefix of ours)."""
+        return list(self.store.list_versions(bucket, prefix))

@@ -116,7 +116,7 @@ class DaemonBackend:
             self._probe_client = probe_client(self.settings)
         buckets = {self.settings.buckets.input, self.settings.buckets.output, self.watch_bucket}
         for bucket in buckets:
-            self._probe_client.head_bucket(Bucket=bucket)
+            self._probe_client.head_bucket(bucket)
         return True
 
     def wake(self, keys: list[str]) -> None:

@@ -107,6 +107,7 @@ def make_client(
     max_pool_connections: int = 32,
     connect_timeout: float = 10,
     read_timeout: float = 60,
+    max_attempts: int = 8,
 ) -> Any:
     """An S3 client for B2 (or any S3-compatible store); credentials from the standard AWS chain.
 
@@ -114,7 +115,7 @@ def make_client(
     ``InvalidArgument: Unsupported header``; ``when_required`` turns them off.
     """
     config = Config(
-        retries={"mode": "standard", "max_attempts": 8},
+        retries={"mode": "standard", "max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
@@ -164,8 +165,14 @@ def translate_client_error(err: Exception, *, bucket: str, key: str | None = Non
         error.aws_code = code  # type: ignore[attr-defined]  # that must tell refusals apart
         return error
     if isinstance(err, BotoCoreError):
-        return StorageError(f"{where}: {type(err).__name__} talking to the storage service")
-    return StorageError(f"{where}: {type(err).__name__}")
+        error = StorageError(f"{where}: {type(err).__name__} talking to the storage service")
+    else:
+        error = StorageError(f"{where}: {type(err).__name__}")
+    # No answer at all: which transport failure it was (first-deploy checks name the culprit).
+    error.status = None  # type: ignore[attr-defined]
+    error.aws_code = None  # type: ignore[attr-defined]
+    error.transport = type(err).__name__  # type: ignore[attr-defined]
+    return error
 
 
 def _from_answer(code: str, status: int | None, where: str, bucket: str) -> JobError:
@@ -612,6 +619,11 @@ class Store:
     def head_bucket(self, bucket: str) -> None:
         self._call("head_bucket", bucket=bucket)
 
+    def peek(self, bucket: str) -> None:
+        """List at most one key of ``bucket``: does it exist, and may we read it? (First-deploy
+        checks; the translated error carries ``status``, ``aws_code`` and ``transport``.)"""
+        self._call("list_objects_v2", bucket=bucket, MaxKeys=1)
+
     def open_object(self, bucket: str, key: str) -> ObjectReader:
         return ObjectReader(self.client, bucket, key)
 
@@ -633,17 +645,31 @@ class Store:
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         return self.put_bytes(bucket, key, body, content_type="application/json")
 
-    def copy(self, bucket: str, src_key: str, dst_key: str) -> None:
+    def copy(
+        self,
+        bucket: str,
+        src_key: str,
+        dst_key: str,
+        *,
+        version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> None:
+        """Server-side copy; of exactly one version with ``version_id`` and/or ``if_match``
+        (``x-amz-copy-source-if-match``): :class:`PreconditionFailed` when the source is not that
+        version any more, :class:`MissingInput` when it (or that version) is gone."""
+        source = {"Bucket": bucket, "Key": src_key}
+        if version_id is not None:
+            source["VersionId"] = version_id
+        condition = {"CopySourceIfMatch": if_match} if if_match is not None else {}
         self._call(
-            "copy_object",
-            bucket=bucket,
-            key=src_key,
-            Key=dst_key,
-            CopySource={"Bucket": bucket, "Key": src_key},
+            "copy_object", bucket=bucket, key=src_key, Key=dst_key, CopySource=source, **condition
         )
 
-    def delete(self, bucket: str, key: str) -> None:
-        self._call("delete_object", bucket=bucket, key=key, Key=key)
+    def delete(self, bucket: str, key: str, *, version_id: str | None = None) -> None:
+        """Delete ``key`` (a delete marker on a versioned bucket), or exactly one version of it
+        with ``version_id``."""
+        params = {"VersionId": version_id} if version_id is not None else {}
+        self._call("delete_object", bucket=bucket, key=key, Key=key, **params)
 
     def multipart(
         self, bucket: str, key: str, *, content_type: str = "application/zip"
@@ -782,7 +808,11 @@ class Store:
             for field, marker in (("Versions", False), ("DeleteMarkers", True)):
                 found.extend(
                     VersionInfo(
-                        e["Key"], e["VersionId"], e["LastModified"], bool(e.get("IsLatest")), marker
+                        e["Key"],
+                        e.get("VersionId") or "null",  # an unversioned bucket's one version
+                        e["LastModified"],
+                        bool(e.get("IsLatest")),
+                        marker,
                     )
                     for e in page.get(field, [])
                 )

@@ -1,12 +1,13 @@
-"""Retention on a versioned bucket (CONTRACT §9), the daemon as a subprocess on moto's server:
-with ages of seconds, every version of the filed manifests, error reports, job index entries and
-finished claims goes, stale multipart uploads are aborted, and ZIPs and their markers all stay."""
+"""Retention on a versioned bucket (CONTRACT §9), the daemon as a subprocess on moto's server and
+on the B2-faithful proxy: with ages of seconds, every version of the filed manifests, error
+reports, job index entries, finished claims and cancel requests goes, stale multipart uploads are
+aborted, and ZIPs and their markers all stay."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import SHARED_SECRET, free_port, put_objects
+from conftest import SHARED_SECRET, both_servers, free_port, put_objects
 from daemonproc import read_json, wait_until, write_config
 from test_http import AUTH, _listening, request
 
@@ -21,16 +22,22 @@ def versions(s3, bucket: str, prefix: str) -> list[tuple[str, str]]:
     return out
 
 
+@both_servers
 def test_retention_removes_every_version_of_what_the_daemon_keeps_and_nothing_else(
     s3, bucket, tmp_path, daemons
 ):
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     put_objects(s3, bucket, {"in/a.txt": b"alpha"})
+    # A cancel request nobody honoured (its job is unknown), and one consumed (a delete marker).
+    for name in ("ghost", "taken"):
+        s3.put_object(Bucket=bucket, Key=f"zip-requests/.cancel/{name}.json", Body=b"{}")
+    s3.delete_object(Bucket=bucket, Key="zip-requests/.cancel/taken.json")
     stale = s3.create_multipart_upload(Bucket=bucket, Key="elsewhere/left-behind.zip")["UploadId"]
     port = free_port()
     config = write_config(
         tmp_path / "c.yaml",
         http={"enabled": True, "port": port},
+        watch={"coordination": "auto"},  # conditional on moto, versions on B2
         retention={
             "done_days": 4 * SECONDS,
             "failed_days": 4 * SECONDS,
@@ -45,7 +52,12 @@ def test_retention_removes_every_version_of_what_the_daemon_keeps_and_nothing_el
         assert request(port, "POST", "/jobs", body, AUTH)[0] == 202
     for name in ("good", "bad"):
         wait_until(lambda n=name: read_json(s3, bucket, f"out/{n}.zip.result.json"), 60, name)
-    ours = ("zip-requests/done/", "zip-requests/failed/", "zip-requests/.jobs/")
+    ours = (
+        "zip-requests/done/",
+        "zip-requests/failed/",
+        "zip-requests/.jobs/",
+        "zip-requests/.cancel/",
+    )
     wait_until(lambda: all(versions(s3, bucket, p) for p in ours[:2]), 30, "filed manifests")
     user_before = sorted(versions(s3, bucket, "out/")) + versions(s3, bucket, "in/")
     assert len(user_before) >= 6
@@ -53,7 +65,9 @@ def test_retention_removes_every_version_of_what_the_daemon_keeps_and_nothing_el
     def swept() -> bool:
         return not any(versions(s3, bucket, p) for p in (*ours, "zip-requests/.claims/"))
 
-    wait_until(swept, 90, "retention to delete every version under done/ failed/ .jobs/ .claims/")
+    wait_until(
+        swept, 90, "retention to delete every version of done/ failed/ .jobs/ .cancel/ .claims/"
+    )
     uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert stale not in [u["UploadId"] for u in uploads]
     user_after = sorted(versions(s3, bucket, "out/")) + versions(s3, bucket, "in/")
@@ -67,4 +81,5 @@ def test_retention_removes_every_version_of_what_the_daemon_keeps_and_nothing_el
     }
     assert deleted.get("done", 0) >= 1 and deleted.get("failed", 0) >= 1, deleted
     assert deleted.get("jobs", 0) >= 2 and deleted.get("uploads", 0) >= 1, deleted
+    assert deleted.get("cancel", 0) >= 3, deleted
     assert proc.proc.poll() is None

@@ -78,3 +78,14 @@ def test_zero_keeps_forever_and_stale_uploads_follow_their_own_age():
     ]
     assert [u["UploadId"] for u in stale_uploads(uploads, now=NOW, policy=POLICY)] == ["1"]
     assert stale_uploads(uploads, now=NOW, policy=forever) == []
+
+
+def test_cancel_requests_live_as_long_as_the_job_index():
+    versions = [
+        v("zip-requests/.cancel/old.json", 91, "1"),
+        v("zip-requests/.cancel/young.json", 60, "2"),
+        v("zip-requests/.cancel/", 400, "3"),  # the bare sub-prefix is no key of ours
+    ]
+    doomed = plan(versions, prefix=P, now=NOW, policy=POLICY, waiting=set())
+    assert keys(doomed) == {("zip-requests/.cancel/old.json", "1")}
+    assert kind_of("zip-requests/.cancel/j.json", P) == "cancel"
