@@ -7,7 +7,9 @@ bytes allow, in archive order, by the calling thread (:func:`write_zip`):
   stored as read, or already deflated by the fetch thread — and get a header with their CRC-32
   and sizes: no data descriptor;
 * **large deflated** members are streamed: header, the pieces as the fetch thread compresses
-  them, then a data descriptor (ZIP64 only for a member that may reach 4 GiB);
+  them, then a data descriptor (ZIP64 only for a member that may reach 4 GiB). Their bytes come
+  by parallel ranged GETs pinned to the version the first GET answered with (one such member at
+  a time; the others keep their single GET);
 * **large stored** members are never read by the read-ahead. Their version is pinned (one HEAD),
   their CRC-32 comes from parallel ranged GETs combined with ``crc32_combine`` (or from the CRC
   cache), and then their bytes are placed **server-side** with ``UploadPartCopy`` when they are
@@ -24,7 +26,8 @@ so the window cannot deadlock); CRC readers (:data:`CRC_PARALLEL`) read large st
 once; uploaders (``upload_concurrency``, a semaphore on part buffers) send parts, and copy
 requests run beside them (:data:`COPY_CONCURRENCY`). Peak memory is about ``read_ahead_bytes +
 2 × HEAD_ALLOWANCE + (upload_concurrency + 1) × part size``, plus the deflate pool's ``2 × cores``
-chunks in flight (each ≤ 2 MiB + 32 KiB), whatever the archive's size.
+chunks in flight (each ≤ 2 MiB + 32 KiB) and the ranged spans of one large deflated member
+(``RANGED_PARALLEL × RANGED_SPAN``), whatever the archive's size.
 An archive that fits in its first part is sent with one PutObject; anything larger goes through
 a multipart upload that is aborted on any failure.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -47,7 +51,7 @@ from watcher.deflate import ChunkedDeflater, DeflatePool, crc32
 from watcher.deflate import compressobj as _compressobj
 from watcher.errors import InternalError, JobCancelled, JobError, MissingInput, StorageError
 from watcher.markers import EntryResult, Progress
-from watcher.store import CopyRefused
+from watcher.store import CopyRefused, Pinned
 from watcher.zipframe import (
     DEFLATED,
     LIMIT32,
@@ -62,7 +66,7 @@ from watcher.zipframe import (
 
 if TYPE_CHECKING:
     from watcher.plan import Entry, Plan
-    from watcher.store import MultipartUpload, Pinned, Store
+    from watcher.store import MultipartUpload, ObjectReader, Store
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -82,6 +86,13 @@ CRC_PARALLEL = 8
 CRC_CHUNK = 256 * 1024
 COPY_PIECE = 64 * MiB
 COPY_CONCURRENCY = 4
+# A large deflated member is read by parallel ranged GETs of RANGED_SPAN bytes, RANGED_PARALLEL
+# at once (held whole until compressed), by at most RANGED_STREAMS members at a time; the others
+# keep their one GET. Bytes held: RANGED_STREAMS × RANGED_PARALLEL × RANGED_SPAN (12 MiB).
+RANGED_SPAN = 4 * MiB
+RANGED_PARALLEL = 3
+RANGED_STREAMS = 1
+RANGED_MIN = BUFFER_LIMIT  # larger than this: a streamed (deflated) member
 SAMPLE_BYTES = 64 * 1024
 ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
 # Extended (UNIX) timestamps are signed 32-bit seconds.
@@ -298,6 +309,10 @@ class _ReadAhead:
         self.window = max(1, parallel) * 4
         self.pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="get")
         self.deflate_pool = DeflatePool()  # chunks of big members on every core
+        self.ranged = threading.BoundedSemaphore(RANGED_STREAMS)
+        self.span_pool = ThreadPoolExecutor(
+            max_workers=RANGED_STREAMS * RANGED_PARALLEL, thread_name_prefix="get_range"
+        )
         self.fetches: dict[int, _Fetch] = {}
         self.next_to_submit = 0
 
@@ -313,6 +328,7 @@ class _ReadAhead:
         held = 0
         entry, plan = fetch.entry, self.plan
         compressor: ChunkedDeflater | None = None
+        ranged: Iterator[bytes] | None = None
         try:
             if self.budget.closed:
                 return
@@ -339,6 +355,8 @@ class _ReadAhead:
                 fetch.opened.set()
                 if fetch.method == "deflate":
                     compressor = ChunkedDeflater(fetch.level, self.deflate_pool)
+                    if reader.size > RANGED_MIN and reader.etag and self.ranged.acquire(False):
+                        chunks = ranged = self._ranged(reader, chunks)
                 while chunk:
                     if compressor is not None:
                         piece = compressor.feed(chunk)  # computes the CRC-32 too
@@ -361,12 +379,62 @@ class _ReadAhead:
         except BaseException as exc:  # handed to the consumer, which decides
             fetch.error = exc
         finally:
+            if ranged is not None:
+                ranged.close()  # type: ignore[attr-defined]  # stops its span reads
+                self.ranged.release()
             if compressor is not None:
                 compressor.close()  # gives back its chunks still in the pool, if it failed
             if held:
                 self.budget.release(fetch.index, held)
             fetch.opened.set()
             fetch.put(_END)
+
+    def _ranged(self, reader: ObjectReader, body: Iterator[bytes]) -> Iterator[bytes]:
+        """The rest of a large member, in order: its open GET's body up to the end of the first
+        span, then ranged GETs of :data:`RANGED_SPAN` bytes, :data:`RANGED_PARALLEL` at once,
+        pinned to the version (or, without versions, the ETag) that GET answered with — so an
+        object replaced meanwhile fails the job instead of mixing two versions in one member."""
+        while reader.position < min(RANGED_SPAN, reader.size):
+            chunk = next(body, b"")
+            if not chunk:
+                break
+            yield chunk
+        reader.close()  # the rest comes by ranges
+        source = Pinned(
+            reader.bucket,
+            reader.key,
+            reader.size,
+            reader.etag,
+            getattr(reader, "version_id", None),
+            reader.last_modified,
+        )
+        starts = range(reader.position, reader.size, RANGED_SPAN)
+        spans = iter([(at, min(at + RANGED_SPAN, reader.size)) for at in starts])
+        stop = threading.Event()
+
+        def read(span: tuple[int, int]) -> list[bytes]:
+            chunks = []
+            for chunk in self.store.read_range(source, *span, chunk_size=READ_CHUNK):
+                if stop.is_set() or self.budget.closed:
+                    raise JobCancelled("the member is no longer read")
+                chunks.append(chunk)
+            return chunks
+
+        pending: collections.deque[Future] = collections.deque(
+            self.span_pool.submit(read, span) for span in itertools.islice(spans, RANGED_PARALLEL)
+        )
+        try:
+            while pending:
+                chunks = pending.popleft().result()
+                while chunks:
+                    yield chunks.pop(0)
+                following = next(spans, None)
+                if following is not None:  # only now: at most RANGED_PARALLEL spans held
+                    pending.append(self.span_pool.submit(read, following))
+        finally:
+            stop.set()
+            for future in pending:
+                future.cancel()
 
     def take(self, index: int) -> _Fetch:
         """The fetch of entry ``index``, opened (or failed); later entries start meanwhile."""
@@ -393,6 +461,7 @@ class _ReadAhead:
     def close(self) -> None:
         self.budget.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.span_pool.shutdown(wait=True, cancel_futures=True)
         self.deflate_pool.close()
 
 

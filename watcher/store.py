@@ -219,6 +219,7 @@ class ObjectReader:
         self.size: int = response["ContentLength"]
         self.last_modified = response["LastModified"]
         self.etag: str = response.get("ETag", "")
+        self.version_id: str | None = response.get("VersionId") or None
         self._body = response["Body"]
         self.position = 0
         self.resumptions = 0

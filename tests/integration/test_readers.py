@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import deterministic_bytes, download, put_objects
+from faultproxy import FaultProxy
 from readers import (
     READERS,
     Row,
@@ -168,6 +169,48 @@ def test_more_than_65535_entries_open_in_every_reader(tmp_path):
     assert described(path) == []
     archive = path.read_bytes()
     assert archive.count(b"PK\x06\x06") == 1, "ZIP64 end records, once"
+
+
+def log_lines(count: int) -> bytes:
+    rng = random.Random(count)
+    return b"".join(
+        b"2024-05-%02d GET /api/items/%d %d\n" % (i % 28 + 1, rng.randrange(10**7), i)
+        for i in range(count)
+    )
+
+
+def test_a_large_deflated_member_is_read_by_parallel_ranged_gets(
+    s3_server, s3, bucket, s3_env, tmp_path
+):
+    """CONTRACT §11: a 21 MiB text object is deflated from its first GET's first 4 MiB and then
+    ranged GETs of 4 MiB, pinned to the ETag that GET answered with; the archive (a streamed
+    member with a data descriptor, a small one after it) opens in every reader."""
+    big = log_lines(700_000)[: 21 * 1024 * 1024 + 99]
+    assert len(big) == 21 * 1024 * 1024 + 99
+    objects = {"logs/big.log": big, "after.txt": b"after the big member\n" * 100}
+    put_objects(s3, bucket, objects)
+    etag = s3.head_object(Bucket=bucket, Key="logs/big.log")["ETag"]
+    proxy = FaultProxy(s3_server.port).start()
+    try:
+        env = {**s3_env, "AWS_ENDPOINT_URL": proxy.endpoint_url}
+        manifest = {"files": list(objects), "target": "out/ranged.zip", "compression": "auto"}
+        run_zip_command(env, tmp_path, manifest)
+    finally:
+        proxy.stop()
+    gets = [
+        {k.lower(): v for k, v in headers.items()}
+        for method, path, headers in proxy.requests
+        if method == "GET" and path.partition("?")[0].endswith("/logs/big.log")
+    ]
+    ranged = [g for g in gets if "range" in g]
+    assert len(gets) - len(ranged) == 1, "one plain GET opens the member"
+    starts = sorted(int(g["range"][6:].partition("-")[0]) for g in ranged)
+    span = 4 * 1024 * 1024
+    assert starts == list(range(span, len(big), span)), "the rest by 4 MiB ranges"
+    assert all(g.get("if-match") == etag for g in ranged), "pinned to the first GET's ETag"
+    path = download(s3, bucket, "out/ranged.zip", tmp_path / "ranged.zip")
+    assert described(path) == ["logs/big.log"]
+    check_with_all_readers(path, objects, parse=False)
 
 
 GiB = 1 << 30

@@ -233,21 +233,40 @@ def _bsdtar_file(path: Path) -> list[Row]:
 
 
 def _bsdtar_stdin(path: Path) -> list[Row]:
-    """The same through pipes, so libarchive cannot seek to the central directory: it streams."""
-    with path.open("rb") as handle:
-        cat = subprocess.Popen(["cat"], stdin=handle, stdout=subprocess.PIPE)
-        try:
-            members = _bsdtar_listing(_run(["bsdtar", "-tvf", "-"], stdin=cat.stdout).stdout)
-        finally:
-            cat.stdout.close()
-            cat.wait()
-    with path.open("rb") as handle:
-        cat = subprocess.Popen(["cat"], stdin=handle, stdout=subprocess.PIPE)
-        try:
-            return _split_rows(["bsdtar", "-xOf", "-"], members, stdin=cat.stdout)
-        finally:
-            cat.stdout.close()
-            cat.wait()
+    """The same through pipes, so libarchive cannot seek to the central directory: it streams.
+
+    Extracted into a directory rather than cut from ``-xO``: streaming, libarchive lists a member
+    whose sizes follow its data (a data descriptor) as 0 bytes, so its listing cannot cut the
+    concatenated output; such a member's declared size counts as unknown.
+    """
+
+    def piped(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        with path.open("rb") as handle:
+            cat = subprocess.Popen(["cat"], stdin=handle, stdout=subprocess.PIPE)
+            try:
+                return _run(argv, stdin=cat.stdout, **kwargs)
+            finally:
+                cat.stdout.close()
+                cat.wait()
+
+    members = _bsdtar_listing(piped(["bsdtar", "-tvf", "-"]).stdout)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bsdtar-") as scratch:
+        piped(["bsdtar", "-xf", "-", "-C", scratch])
+        for name, listed, _ in members:
+            target = Path(scratch, name)
+            if name.endswith("/"):
+                rows.append(Row(name, 0, 0, None, listed))
+                continue
+            sha, crc, size = hashlib.sha256(), 0, 0
+            with target.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    sha.update(chunk)
+                    crc = zlib.crc32(chunk, crc)
+                    size += len(chunk)
+            declared = listed if listed or not size else None
+            rows.append(Row(name, size, crc, sha.hexdigest(), declared))
+    return rows
 
 
 class Matrix:
@@ -408,8 +427,6 @@ def compare(rows: list[Row], wanted: Mapping[str, Expected]) -> list[str]:
     if len(problems) > 8:
         problems = [*problems[:8], f"... and {len(problems) - 8} more"]
     return problems
-
-
 
 
 def run_readers(

@@ -122,16 +122,25 @@ WHEN = datetime(2024, 5, 6, 7, 8, 10, tzinfo=UTC)
 
 
 class FakeReader:
-    def __init__(self, body: bytes, etag: str, on_chunk=None) -> None:
+    def __init__(self, key: str, body: bytes, etag: str, on_chunk=None) -> None:
+        self.bucket, self.key, self.version_id = "in", key, None
         self.body, self.etag, self.on_chunk = body, etag, on_chunk
         self.size = len(body)
         self.last_modified = WHEN
+        self.position = 0
+        self.closed = False
 
     def iter_chunks(self, n: int):
         for start in range(0, self.size, n):
+            if self.closed:
+                raise StorageError("read after close")
             if self.on_chunk is not None:
                 self.on_chunk()
+            self.position = min(self.size, start + n)
             yield self.body[start : start + n]
+
+    def close(self) -> None:
+        self.closed = True
 
     def __enter__(self):
         return self
@@ -219,7 +228,7 @@ class FakeStore:
         if key not in self.objects:
             raise MissingInput(f"s3://{bucket}/{key} does not exist")
         body = self.objects[key]
-        return FakeReader(body, self.etag(body), self.on_chunk)
+        return FakeReader(key, body, self.etag(body), self.on_chunk)
 
     def multipart(self, bucket: str, key: str) -> FakeUpload:
         return FakeUpload(self, key)
@@ -560,3 +569,70 @@ def test_a_crc_cache_entry_is_used_only_for_the_same_etag_and_checked_when_strea
     streaming = dataclasses.replace(CACHED, copy_min_bytes=0)
     with pytest.raises(StorageError, match="clip.mp4 changed"):
         zip_it(store, plan, limits=streaming)
+
+
+# -- large deflated members: parallel ranged GETs (CONTRACT §11) ------------------------------
+
+
+def small_ranges(monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 256 * 1024)
+    monkeypatch.setattr(pipeline, "RANGED_MIN", 256 * 1024)
+    monkeypatch.setattr(pipeline, "RANGED_SPAN", 256 * 1024)
+
+
+def log_text(seed: int, size: int) -> bytes:
+    rng = random.Random(seed)
+    lines = (b"%d GET /item/%d 200\n" % (i, rng.randrange(10**6)) for i in range(size // 16))
+    return b"".join(lines)[:size]
+
+
+def test_a_large_deflated_member_is_read_by_parallel_ranged_gets(tmp_path, monkeypatch):
+    small_ranges(monkeypatch)
+    objects = {"big.log": log_text(1, 3 * MiB + 123), "next.log": log_text(2, 2 * MiB + 7)}
+    store = FakeStore(objects)
+    original = store.read_range
+    lock, both = threading.Lock(), threading.Event()
+    flying, peak = [0], [0]
+
+    def read_range(source, start, end, *, chunk_size):
+        with lock:
+            flying[0] += 1
+            peak[0] = max(peak[0], flying[0])
+            if flying[0] >= 2:
+                both.set()
+        try:
+            both.wait(10)  # the first range waits (a while at most) for a second one beside it
+            yield from original(source, start, end, chunk_size=chunk_size)
+        finally:
+            with lock:
+                flying[0] -= 1
+
+    store.read_range = read_range
+    progress = zip_it(store, make_plan([(k, k) for k in objects]))
+    zf = verify_zip(saved(store, tmp_path), objects)
+    assert {r.method for r in progress.entries} == {"deflate"}
+    assert all(zf.getinfo(k).flag_bits & 0x08 for k in objects), "streamed members"
+    # the first MiB by the opening GET, the rest by 256 KiB ranges
+    assert store.opens == {"big.log": 1, "next.log": 1}
+    assert store.ranged["big.log"] == 9
+    # one member at a time reads by ranges: the next one too if the first was done by then
+    assert store.ranged.get("next.log", 0) in (0, 5)
+    assert 2 <= peak[0] <= pipeline.RANGED_PARALLEL * pipeline.RANGED_STREAMS
+    assert progress.bytes_read == sum(map(len, objects.values()))
+
+
+def test_a_large_deflated_member_replaced_while_read_by_ranges_fails_the_job(monkeypatch):
+    small_ranges(monkeypatch)
+    store = FakeStore({"big.log": log_text(3, 3 * MiB)})
+    original = store.read_range
+
+    def read_range(source, start, end, *, chunk_size):
+        if store.ranged.get("big.log", 0) >= 2:
+            store.objects["big.log"] = log_text(4, 3 * MiB)
+        return original(source, start, end, chunk_size=chunk_size)
+
+    store.read_range = read_range
+    with pytest.raises(StorageError, match="big.log changed"):
+        zip_it(store, make_plan([("big.log", "big.log")]))
+    assert not store.outputs and all(u.state == "aborted" for u in store.uploads)
+    assert not pipeline_threads()
