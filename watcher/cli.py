@@ -236,7 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from watcher.daemon import Daemon
     from watcher.logs import configure_logging
     from watcher.retention import Housekeeping
-    from watcher.service import honour_cancels
+    from watcher.service import CancelRequests
     from watcher.wakeup import Listener
 
     if args.local or _nothing_configured(settings):
@@ -251,7 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise StoreUnusable("watch.bucket", f"{exc.code}: {exc.message}") from None
         metrics = _metrics(store)
         daemon = Daemon(settings, store, claimer, metrics=metrics, log=log)
-        honour_cancels(daemon, store, settings, log)
+        CancelRequests(daemon, store, settings, log).install()
         http = _start_http(settings, store, daemon, metrics, log=log)
         notifier = _start_notifier(settings, daemon, log)
         housekeeping = Housekeeping(settings, store, metrics=metrics, log=log)

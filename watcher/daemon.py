@@ -436,8 +436,10 @@ class Daemon:
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._random = random.Random()
         self._cancel_check: Callable[[str], bool] | None = None
+        self._cancel_requests: tuple[str, Callable[[bool, list[str]], None]] | None = None
         self._poller: threading.Thread | None = None
         self.polls = 0
+        self._folders: frozenset[str] = frozenset()
         self._on_finished: Callable[[dict, str | None], None] | None = None
 
     # -- control -----------------------------------------------------------------------------
@@ -476,6 +478,26 @@ class Daemon:
         """``check(job_id)`` is asked once a job is claimed and its id known, before it runs; a
         True answer cancels it as :meth:`cancel` does."""
         self._cancel_check = check
+
+    def set_cancel_requests(self, folder: str, handle: Callable[[bool, list[str]], None]) -> None:
+        """``handle(waiting, queued_keys)`` runs on the poll thread after each poll's listing,
+        before its claims: ``waiting`` says whether the sub-prefix ``folder`` (where cancel
+        requests wait: CONTRACT §9) holds anything; ``queued_keys`` are the manifests listed that
+        no job here runs. The listing is made anyway, so this costs an idle daemon nothing."""
+        self._cancel_requests = (folder, handle)
+
+    def take_now(self, key: str) -> bool:
+        """Claim the manifest ``key`` and start it even when every slot is taken — for a queued
+        job that must end at once (a cancel request: the cancel check answers True). False when
+        it runs here already, or someone else holds its claim."""
+        if self.jobs.busy(key):
+            return False
+        try:
+            claim = self.claimer.claim(key)
+        except WatcherError as exc:
+            self.log.warning("claim_failed", manifest=key, code=exc.code, error=exc.message)
+            return False
+        return claim is not None and self.jobs.admit(key, claim, self._start)
 
     def add_periodic(self, func: Callable[[], None], seconds: float, name: str) -> None:
         """Run ``func`` every ``seconds`` on the scheduler's thread (housekeeping), never two at
@@ -575,10 +597,9 @@ class Daemon:
         return self.settings.watch.enabled and time.monotonic() >= self._next_poll
 
     def _poll(self) -> None:
+        """One poll; with every slot taken it still lists (no claims), so cancel requests and
+        ``manifests_pending`` stay current while jobs run."""
         watch = self.settings.watch
-        if self.jobs.free() <= 0:
-            self._next_poll = time.monotonic() + watch.interval_seconds
-            return
         try:
             pending = self.poll_once()
         except WatcherError as exc:
@@ -604,9 +625,11 @@ class Daemon:
         """
         self.polls += 1
         pending = self._pending()
-        if self.metrics is not None:
-            waiting = [o for o in pending if not self.jobs.busy(o.key)]
-            self.metrics.manifests_pending.set(len(waiting))
+        listed = pending
+        if self._cancel_requests is not None:
+            folder, handle = self._cancel_requests
+            queued = [o.key for o in pending if not self.jobs.busy(o.key)]
+            handle(f"{self.prefix}{folder}" in self._folders, queued)
         listed_at = time.monotonic()
         tried: set[str] = set()
         candidates = pending
@@ -620,16 +643,22 @@ class Daemon:
                 self.jobs.admit(obj.key, claim, self._start)
             tried.update(o.key for o in batch)
             if time.monotonic() - listed_at > STALE_LISTING_SECONDS:
-                candidates = self._pending()
+                candidates = listed = self._pending()
                 listed_at = time.monotonic()
             candidates = [o for o in candidates if o.key not in tried]
+        if self.metrics is not None:
+            # After the claims: a manifest that runs here is not waiting (issue 13).
+            waiting = [o for o in listed if not self.jobs.busy(o.key)]
+            self.metrics.manifests_pending.set(len(waiting))
         return len(pending)
 
     def _pending(self) -> list[Any]:
-        """The manifests in the requests prefix, oldest first (one ListObjectsV2)."""
-        listed = self.store.list_objects(self.bucket, self.prefix, delimiter="/")
+        """The manifests in the requests prefix, oldest first (one ListObjectsV2, whose
+        sub-prefixes are kept in ``_folders``)."""
+        level = self.store.list_level(self.bucket, self.prefix)
+        self._folders = level.folders
         return sorted(
-            (o for o in listed if is_manifest_key(o.key, self.prefix)),
+            (o for o in level.objects if is_manifest_key(o.key, self.prefix)),
             key=lambda o: (o.last_modified, o.key),
         )
 

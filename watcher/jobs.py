@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from watcher.errors import WatcherError
 from watcher.intake import lookup_job
-from watcher.layout import JOBS, error_report_key, filed_key
+from watcher.layout import CANCEL, JOBS, cancel_key, error_report_key, filed_key
 from watcher.manifest import is_job_id
 from watcher.markers import result_key, status_key
 
@@ -260,13 +260,6 @@ def retry_job(store: Store, settings: Settings, job_id: str) -> dict:
 
 # -- cancel -----------------------------------------------------------------------------------
 
-CANCEL = ".cancel/"
-
-
-def cancel_key(prefix: str, job_id: str) -> str:
-    """Where a cancel request for ``job_id`` waits for the daemon that has (or will claim) it."""
-    return f"{prefix}{CANCEL}{job_id}.json"
-
 
 def cancellable(view: dict) -> str | None:
     """Why the job cannot be cancelled, or None (pure)."""
@@ -279,8 +272,8 @@ def request_cancel(store: Store, settings: Settings, job_id: str) -> dict:
     """Record that ``job_id`` must end ``cancelled``; :class:`Conflict` when it has finished.
 
     A request object rather than a message, so whichever daemon claims or runs the job — here or
-    on another host — honours it (:func:`take_cancel` after a claim, :func:`requested_cancels`
-    for running jobs).
+    on another host — honours it (``service.CancelRequests``). It names the job's manifest, so
+    a daemon can find the job while it is still queued.
     """
     view = load_job(store, settings, job_id, with_result=False)
     reason = cancellable(view)
@@ -289,18 +282,13 @@ def request_cancel(store: Store, settings: Settings, job_id: str) -> dict:
     store.put_json(
         settings.watch_bucket,
         cancel_key(settings.watch.prefix, job_id),
-        {"job_id": job_id, "requested_at": datetime.now(UTC).isoformat()},
+        {
+            "job_id": job_id,
+            "manifest": view.get("manifest"),
+            "requested_at": datetime.now(UTC).isoformat(),
+        },
     )
     return view
-
-
-def take_cancel(store: Store, settings: Settings, job_id: str) -> bool:
-    """True (and the request consumed) when ``job_id`` was asked to cancel."""
-    key = cancel_key(settings.watch.prefix, job_id)
-    if store.head(settings.watch_bucket, key) is None:
-        return False
-    store.delete(settings.watch_bucket, key)
-    return True
 
 
 def requested_cancels(store: Store, settings: Settings) -> list[str]:
@@ -311,6 +299,28 @@ def requested_cancels(store: Store, settings: Settings) -> list[str]:
         for obj in store.list_objects(settings.watch_bucket, prefix)
         if obj.key.endswith(".json")
     ]
+
+
+def cancel_target(store: Store, settings: Settings, job_id: str) -> str | None:
+    """The manifest key of the job a cancel request is for (the request names it; else the job
+    index does), or None."""
+    request = _marker(
+        store, settings.watch_bucket, cancel_key(settings.watch.prefix, job_id), 1 << 16
+    )
+    if request is not None and isinstance(request.get("manifest"), str):
+        return request["manifest"]
+    entry = lookup_job(store, settings, job_id)
+    manifest = entry.get("manifest") if entry else None
+    return manifest if isinstance(manifest, str) else None
+
+
+def cancel_is_stale(store: Store, settings: Settings, job_id: str) -> bool:
+    """Whether a cancel request can no longer be honoured: its job finished, or is unknown."""
+    try:
+        view = load_job(store, settings, job_id, with_result=False)
+    except NotFound:
+        return True
+    return view["state"] in FINISHED
 
 
 def clear_cancel(store: Store, settings: Settings, job_id: str) -> None:

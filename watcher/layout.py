@@ -7,8 +7,8 @@ Under the requests prefix ``P`` (watch bucket):
   ``P failed/<name>.error.json`` — why a manifest failed for good (:func:`error_report_key`);
 * ``P .claims/<name>…`` — claims (:func:`claim_base`), including start-up probe keys;
 * ``P .jobs/<job_id>.json`` — the job index (:func:`job_index_key`);
-* ``P .crc/…`` — reserved for the CRC-32 cache (CONTRACT §11);
-* ``P .cancel/<job_id>.json`` — a cancel request waiting for the daemon that holds the job.
+* ``P .cancel/<job_id>.json`` — a cancel request waiting for a daemon (:func:`cancel_key`);
+* ``P .crc/…`` — reserved for the CRC-32 cache (CONTRACT §11).
 
 Next to every target (output bucket): ``<target>.status.json`` and ``<target>.result.json``.
 
@@ -66,6 +66,11 @@ def probe_key(prefix: str, token: str) -> str:
 
 def job_index_key(prefix: str, job_id: str) -> str:
     return f"{prefix}{JOBS}{job_id}.json"
+
+
+def cancel_key(prefix: str, job_id: str) -> str:
+    """Where a cancel request for ``job_id`` waits for the daemon that has (or will claim) it."""
+    return f"{prefix}{CANCEL}{job_id}.json"
 
 
 def crc_prefix(prefix: str) -> str:

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from watcher import intake, jobs
 from watcher.errors import WatcherError
+from watcher.layout import CANCEL
 from watcher.readiness import Readiness
 
 if TYPE_CHECKING:
@@ -18,36 +20,90 @@ if TYPE_CHECKING:
     from watcher.store import Store
 
 READY_CACHE_SECONDS = 5.0
-# How often a daemon with running jobs looks for cancel requests made elsewhere (CONTRACT §9:
-# a cancelled job ends within 10 s).
-CANCEL_SCAN_SECONDS = 3.0
+# A cancel request that no daemon took up this long after it was made is looked at again (its
+# job may have finished meanwhile: then the request is dropped), at most this often.
+STALE_CANCEL_SECONDS = 60.0
 
 
-def honour_cancels(daemon: Daemon, store: Store, settings: Settings, log: Any) -> None:
-    """Make ``daemon`` honour cancel requests (``jobs.request_cancel``) written by any process:
-    a job is checked once claimed, before it runs; while jobs run here, the requests are listed
-    every :data:`CANCEL_SCAN_SECONDS` (one LIST, none while idle)."""
+class CancelRequests:
+    """Make a daemon honour cancel requests (``jobs.request_cancel``) written by any process.
 
-    def check(job_id: str) -> bool:
-        try:
-            return jobs.take_cancel(store, settings, job_id)
-        except WatcherError as exc:
-            log.warning("cancel_check_failed", job_id=job_id, error=exc.message)
+    Nothing is asked of the store for it while no request waits: each poll's listing of the
+    requests prefix shows the ``.cancel/`` sub-prefix only when it holds one. When it does, one
+    more LIST names the jobs: one running here is cancelled; one queued in the prefix is claimed
+    at once, past the daemon's capacity, and ends ``cancelled`` without running (CONTRACT §9:
+    within 10 s, even while every slot is busy); a job claimed later finds its id in the last
+    listed set. Requests are consumed (deleted) when honoured.
+    """
+
+    def __init__(self, daemon: Daemon, store: Store, settings: Settings, log: Any) -> None:
+        self.daemon = daemon
+        self.store = store
+        self.settings = settings
+        self.log = log
+        self.requested: frozenset[str] = frozenset()
+        self._manifests: dict[str, str | None] = {}  # job id -> its manifest key
+        self._looked_at: dict[str, float] = {}  # job id -> when it was last found stale
+
+    def install(self) -> CancelRequests:
+        self.daemon.set_cancel_check(self.check)
+        self.daemon.set_cancel_requests(CANCEL, self.on_poll)
+        return self
+
+    def check(self, job_id: str) -> bool:
+        """Asked once a job is claimed, before it runs: True (and the request consumed) when a
+        request for it was listed."""
+        if job_id not in self.requested:
             return False
+        self._consume(job_id)
+        return True
 
-    def scan() -> None:
-        if daemon.running_jobs() == 0:
+    def on_poll(self, waiting: bool, queued: list[str]) -> None:
+        if not waiting:
+            self.requested = frozenset()
+            self._manifests.clear()
             return
         try:
-            for job_id in jobs.requested_cancels(store, settings):
-                if daemon.cancel(job_id):
-                    log.info("job_cancel_requested", job_id=job_id)
-                    jobs.clear_cancel(store, settings, job_id)
+            self.requested = frozenset(jobs.requested_cancels(self.store, self.settings))
+            queued_keys = set(queued)
+            for job_id in self.requested:
+                if self.daemon.cancel(job_id):
+                    self.log.info("job_cancel_requested", job_id=job_id)
+                    self._consume(job_id)
+                    continue
+                manifest = self._manifest_of(job_id)
+                if manifest in queued_keys:
+                    self.log.info("queued_job_cancel_requested", job_id=job_id)
+                    self.daemon.take_now(manifest)
+                else:
+                    self._drop_if_stale(job_id)
         except WatcherError as exc:
-            log.warning("cancel_scan_failed", error=exc.message)
+            self.log.warning("cancel_requests_failed", code=exc.code, error=exc.message)
 
-    daemon.set_cancel_check(check)
-    daemon.add_periodic(scan, CANCEL_SCAN_SECONDS, "cancel-requests")
+    def _manifest_of(self, job_id: str) -> str | None:
+        if job_id not in self._manifests:
+            self._manifests[job_id] = jobs.cancel_target(self.store, self.settings, job_id)
+        return self._manifests[job_id]
+
+    def _drop_if_stale(self, job_id: str) -> None:
+        """A request nobody honoured (its job finished meanwhile, or vanished) is dropped, so the
+        polls stop paying for it; one whose job still waits or runs elsewhere stays."""
+        now = time.monotonic()
+        if now - self._looked_at.setdefault(job_id, now) < STALE_CANCEL_SECONDS:
+            return
+        self._looked_at[job_id] = now
+        if jobs.cancel_is_stale(self.store, self.settings, job_id):
+            self.log.info("cancel_request_dropped", job_id=job_id)
+            self._consume(job_id)
+
+    def _consume(self, job_id: str) -> None:
+        self.requested = self.requested - {job_id}
+        self._manifests.pop(job_id, None)
+        self._looked_at.pop(job_id, None)
+        try:
+            jobs.clear_cancel(self.store, self.settings, job_id)
+        except WatcherError as exc:
+            self.log.warning("cancel_request_not_cleared", job_id=job_id, error=exc.message)
 
 
 class DaemonBackend:

@@ -439,6 +439,15 @@ class Listing:
 
 
 @dataclass(frozen=True)
+class Level:
+    """One level of a prefix: its objects, and its sub-prefixes (``<prefix>name/``) that hold
+    objects."""
+
+    objects: list[ObjectInfo]
+    folders: frozenset[str]
+
+
+@dataclass(frozen=True)
 class VersionInfo:
     """One version (or delete marker) of a key, as ListObjectVersions reports it."""
 
@@ -603,6 +612,19 @@ class Store:
         for page in self._pages(bucket, prefix, delimiter):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(obj["Key"], obj["Size"], obj["LastModified"], obj.get("ETag"))
+
+    def list_level(self, bucket: str, prefix: str) -> Level:
+        """The objects directly under ``prefix`` and the sub-prefixes that hold any object (one
+        paginated ListObjectsV2 with Delimiter ``/``: the sub-prefixes come for free)."""
+        objects: list[ObjectInfo] = []
+        folders: set[str] = set()
+        for page in self._pages(bucket, prefix, "/"):
+            objects.extend(
+                ObjectInfo(o["Key"], o["Size"], o["LastModified"], o.get("ETag"))
+                for o in page.get("Contents", [])
+            )
+            folders.update(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        return Level(objects, frozenset(folders))
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
         try:

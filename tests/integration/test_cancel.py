@@ -2,9 +2,10 @@
 job end failed with code cancelled, no ZIP, no upload left; a finished job answers 409 (CLI: exit
 2), an unknown one 404 (CLI: exit 2).
 
-Three paths: a queued job's request is honoured when a daemon claims it; a job running on the
+Three paths: a queued job ends as soon as a daemon's poll lists its request, even while every
+slot is taken (the daemon claims it past its capacity and ends it at once); a job running on the
 daemon that serves the DELETE is cancelled at once; ``cancel`` from the CLI (another process, as
-another host would) leaves a request that the running daemon's periodic scan picks up."""
+another host would) leaves a request that the running daemon's next poll listing shows."""
 
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ SLOW_FILES = [f"slow/{i:03}.bin" for i in range(200)]
 def test_cancel_queued_and_running_jobs(s3, s3_server, s3_env, bucket, tmp_path, daemons):
     put_objects(s3, bucket, {name: b"s" * 100 for name in SLOW_FILES} | {"a.txt": b"alpha"})
     proxy = FaultProxy(s3_server.port).start()
-    # Every GET of an input arrives 2 s late: a job over 200 of them runs for a minute or more.
+    # Every GET of an input arrives 2 s late, one at a time: a job over 200 of them runs for
+    # minutes, unless cancelled.
     proxy.add(Fault("delay", method="GET", key=r"/slow/", seconds=2, times=10**9))
     port = free_port()
     config = write_config(
-        tmp_path / "c.yaml", watch={"max_concurrent_jobs": 1}, http={"enabled": True, "port": port}
+        tmp_path / "c.yaml",
+        watch={"max_concurrent_jobs": 1},
+        http={"enabled": True, "port": port},
+        pipeline={"max_parallel_gets": 1},
     )
 
     def cli(*args: str) -> subprocess.CompletedProcess:
@@ -72,16 +77,24 @@ def test_cancel_queued_and_running_jobs(s3, s3_server, s3_env, bucket, tmp_path,
         submit("slow1", SLOW_FILES)
         running("slow1")
         submit("queued", ["a.txt"])
-        # One slot, taken by slow1: the second job waits, and is cancelled while it waits.
+        # One slot, taken by slow1: the second job waits, and is cancelled while it waits —
+        # without waiting for the slot (CONTRACT §9: within 10 s).
         assert view("queued")["state"] == "pending"
         status, headers, _ = request(port, "DELETE", "/jobs/queued", headers=AUTH)
         assert status == 202 and headers["Location"] == "/jobs/queued"
-        assert view("queued")["state"] == "pending"
-        # The running job, from another process: a request the daemon's scan picks up.
+        ends_cancelled("queued")
+        assert view("slow1")["state"] == "running", "the queued job waited for the slot"
+        # The same from another process (as from another host): only the request in the bucket.
+        submit("queued2", ["a.txt"])
+        assert view("queued2")["state"] == "pending"
+        cancelled = cli("cancel", "queued2")
+        assert cancelled.returncode == 0, cancelled.stderr
+        ends_cancelled("queued2")
+        assert view("slow1")["state"] == "running", "the queued job waited for the slot"
+        # The running job, from another process: a request the daemon's next poll lists.
         cancelled = cli("cancel", "slow1")
         assert cancelled.returncode == 0, cancelled.stderr
         ends_cancelled("slow1")
-        ends_cancelled("queued")
         # A job running on the daemon that answers the DELETE.
         submit("slow2", SLOW_FILES)
         running("slow2")

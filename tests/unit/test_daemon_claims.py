@@ -12,6 +12,7 @@ from watcher.claims import Claim
 from watcher.config import from_mapping
 from watcher.daemon import CLAIM_WINDOW, Daemon, pick_batch
 from watcher.plan import ObjectInfo
+from watcher.store import Level
 
 PREFIX = "zip-requests/"
 
@@ -55,8 +56,8 @@ class ListingStore:
             ObjectInfo(key, 10, start + timedelta(seconds=i)) for i, key in enumerate(keys)
         ]
 
-    def list_objects(self, bucket: str, prefix: str, delimiter: str | None = None):
-        return list(self.objects)
+    def list_level(self, bucket: str, prefix: str) -> Level:
+        return Level(list(self.objects), frozenset())
 
 
 class GatedClaimer:
