@@ -614,9 +614,9 @@ def test_a_large_deflated_member_is_read_by_parallel_ranged_gets(tmp_path, monke
     assert all(zf.getinfo(k).flag_bits & 0x08 for k in objects), "streamed members"
     # the first MiB by the opening GET, the rest by 256 KiB ranges
     assert store.opens == {"big.log": 1, "next.log": 1}
-    assert store.ranged["big.log"] == 9
-    # one member at a time reads by ranges: the next one too if the first was done by then
-    assert store.ranged.get("next.log", 0) in (0, 5)
+    # one member at a time reads by ranges (the first to ask; the other too if it asks later)
+    assert store.ranged.get("big.log", 0) in (0, 9) and store.ranged.get("next.log", 0) in (0, 5)
+    assert store.ranged, "no member was read by ranges"
     assert 2 <= peak[0] <= pipeline.RANGED_PARALLEL * pipeline.RANGED_STREAMS
     assert progress.bytes_read == sum(map(len, objects.values()))
 
