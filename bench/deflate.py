@@ -9,12 +9,20 @@ Two workloads, both the benchmark's CSV/log text (bench.run.text_bytes):
   each compressed as its own member.
 
 For each level: MB/s of wall time (one core: no pool, every chunk in the calling thread; all
-cores: a DeflatePool of os.cpu_count() threads), compressed size relative to zlib level 6 on the
-same input, speed relative to zlib level 6 on one core. The machine may be shared: the load
-average is printed with the results. Writes bench/results/deflate.json and deflate.md.
+cores: a DeflatePool of os.cpu_count() threads), MB/s per CPU second, CPU seconds per wall second
+(how many cores really worked), compressed size relative to zlib level 6 on the same input, speed
+relative to zlib level 6 on one core. The machine may be shared: the load average is printed
+with the results.
 
-    python -m bench.deflate [--levels 1,2,4,5,6,7,8,9] [--member-mib 512] [--member-levels 1,6]
-                            [--text-mib 128]
+Two more sections justify the level table: ``candidates`` (one core, per CPU second, on the
+first ``--candidate-mib`` of the member's text: zlib-ng 3-5, ISA-L 3 and libdeflate 2-6, each as
+one stream and chunked, libdeflate also at other chunk sizes) and ``gil`` (each library compresses
+8 MiB in a thread while this one runs a Python loop: the loop's longest stall shows whether the
+GIL was released; a call that holds it stalls the loop for its whole duration).
+Writes bench/results/deflate.json and deflate.md.
+
+    python -m bench.deflate [--levels 0,1,2,3,4,5,6,7,8,9] [--member-mib 512]
+                            [--member-levels 1,6] [--text-mib 128] [--candidate-mib 32]
 """
 
 from __future__ import annotations
@@ -22,13 +30,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 
+import deflate as libdeflate
+from isal import isal_zlib
+from zlib_ng import zlib_ng
+
 from bench.run import RESULTS, dataset, text_bytes
-from watcher.deflate import DEFAULT_LEVEL, LEVELS, ChunkedDeflater, DeflatePool
+from watcher import deflate as wd
+from watcher.deflate import (
+    DEFAULT_LEVEL,
+    WINDOW,
+    ChunkedDeflater,
+    DeflatePool,
+    deflate_backend,
+)
 
 MiB = 1024 * 1024
 BLOCK = 32 * MiB
@@ -81,6 +102,140 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# -- candidates: what each library and chunking costs, one core -----------------------------
+
+
+def stream(library, level: int) -> Callable[[bytes], int]:
+    def run(data: bytes) -> int:
+        comp = library.compressobj(level, library.DEFLATED, -15)
+        size = sum(len(comp.compress(data[i : i + MiB])) for i in range(0, len(data), MiB))
+        return size + len(comp.flush())
+
+    return run
+
+
+def primed(library, level: int, chunk: int = MiB) -> Callable[[bytes], int]:
+    """pigz: chunks primed with the 32 KiB before them, each ended by a sync flush."""
+
+    def run(data: bytes) -> int:
+        size = 0
+        for i in range(0, len(data), chunk):
+            zdict = data[max(0, i - WINDOW) : i]
+            comp = (
+                library.compressobj(level, library.DEFLATED, -15, 8, 0, zdict)
+                if zdict
+                else library.compressobj(level, library.DEFLATED, -15)
+            )
+            size += len(comp.compress(data[i : i + chunk]) + comp.flush(zlib.Z_SYNC_FLUSH))
+        return size
+
+    return run
+
+
+def libdeflate_chunks(level: int, chunk: int = MiB, stitch: bool = True) -> Callable:
+    """libdeflate one-shot per chunk; stitched (scan + BFINAL cleared + sync flush) or not
+    (then not a valid single stream: the cost of the scan is the difference)."""
+
+    def run(data: bytes) -> int:
+        size = 0
+        for i in range(0, len(data), chunk):
+            piece = libdeflate.deflate_compress(data[i : i + chunk], level)
+            if stitch:
+                assert wd._unfinal(piece, len(data[i : i + chunk]))
+            size += len(piece)
+        return size
+
+    return run
+
+
+def candidates(data: bytes) -> list[dict]:
+    todo: list[tuple[str, Callable[[bytes], int]]] = [("zlib 6, one stream", stream(zlib, 6))]
+    for level in (3, 4, 5):
+        todo.append((f"zlib-ng {level}, one stream", stream(zlib_ng, level)))
+        todo.append((f"zlib-ng {level}, 1 MiB primed chunks", primed(zlib_ng, level)))
+    todo.append(("ISA-L 3, one stream", stream(isal_zlib, 3)))
+    todo.append(("ISA-L 3, 1 MiB primed chunks", primed(isal_zlib, 3)))
+    for level in (2, 3, 4, 5, 6):
+        name = f"libdeflate {level}, 1 MiB chunks"
+        todo.append((f"{name}, not stitched", libdeflate_chunks(level, MiB, False)))
+        todo.append((f"{name}, stitched", libdeflate_chunks(level)))
+    for chunk in (256 * 1024, 4 * MiB):
+        name = f"libdeflate 4, {chunk // 1024} KiB chunks, stitched"
+        todo.append((name, libdeflate_chunks(4, chunk)))
+    rows = []
+    for name, fn in todo:
+        cpu = time.process_time()
+        size = fn(data)
+        cpu = time.process_time() - cpu
+        rows.append({"candidate": name, "cpu_mb_s": len(data) / cpu / 1e6, "size": size})
+        base = rows[0]
+        rows[-1].update(speed_x=rows[-1]["cpu_mb_s"] / base["cpu_mb_s"], size_x=size / base["size"])
+        print(
+            f"[candidates] {name}: {rows[-1]['cpu_mb_s']:.1f} MB/s per CPU second, "
+            f"{rows[-1]['speed_x']:.2f}x zlib-6, size {rows[-1]['size_x']:.4f}x",
+            flush=True,
+        )
+    return rows
+
+
+def candidates_table(rows: list[dict]) -> str:
+    lines = ["| candidate (one core) | MB/s per CPU second | × zlib-6 speed | size × zlib-6 |"]
+    lines.append("| --- | --- | --- | --- |")
+    for r in rows:
+        lines.append(
+            f"| {r['candidate']} | {r['cpu_mb_s']:.1f} | {r['speed_x']:.2f}× | {r['size_x']:.4f}× |"
+        )
+    return "\n".join(lines)
+
+
+# -- the GIL: does each compressor let another thread run? ----------------------------------
+
+
+def gil_probe() -> list[dict]:
+    data = text_bytes(77, 8 * MiB)
+    unstitched = libdeflate.deflate_compress(data, 4)
+    shuffled = list(range(2_000_000))
+    random.Random(1).shuffle(shuffled)
+    calls = {
+        "ISA-L 3 (zip.level 3)": lambda: wd.deflate_chunk(3, data, b"", True),
+        "zlib-ng 5": lambda: zlib_ng.compressobj(5, zlib.DEFLATED, -15).compress(data),
+        "libdeflate 4, compress alone": lambda: libdeflate.deflate_compress(data, 4),
+        "zlib-ng inflate(Z_BLOCK) scan alone (ctypes)": lambda: wd._scan(unstitched, len(data)),
+        f"zip.level {DEFAULT_LEVEL}: libdeflate 4 + scan (deflate_chunk)": (
+            lambda: wd.deflate_chunk(DEFAULT_LEVEL, data, b"", False)
+        ),
+        "control: sorted() of 2M ints (holds the GIL)": lambda: sorted(shuffled),
+    }
+    rows = []
+    for name, call in calls.items():
+        took: list[float] = []
+
+        def work(call=call, took=took) -> None:
+            start = time.perf_counter()
+            call()
+            took.append(time.perf_counter() - start)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        last, stall = time.perf_counter(), 0.0
+        while thread.is_alive():
+            now = time.perf_counter()
+            stall, last = max(stall, now - last), now
+        thread.join()
+        rows.append({"call": name, "call_ms": took[0] * 1000, "stall_ms": stall * 1000})
+        print(f"[gil] {name}: call {took[0] * 1000:.0f} ms, longest stall {stall * 1000:.1f} ms")
+    return rows
+
+
+def gil_table(rows: list[dict]) -> str:
+    lines = ["| call, 8 MiB of text, in a thread | call (ms) | longest stall of a Python loop "
+             "in another thread (ms) | GIL released |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        released = "yes" if r["stall_ms"] < 0.5 * r["call_ms"] else "NO"
+        lines.append(f"| {r['call']} | {r['call_ms']:.0f} | {r['stall_ms']:.1f} | {released} |")
+    return "\n".join(lines)
+
+
 def timed(fn, members) -> tuple[float, float, int]:
     wall, cpu = time.perf_counter(), time.process_time()
     size = fn(members)
@@ -93,7 +248,8 @@ def workload(name: str, members, raw: int, levels: list[int], workers: int) -> l
     base = {"mb_s": raw / wall / 1e6, "size": size}
     rows.append(
         {"workload": name, "level": "zlib-6", "cores": 1, "mb_s": base["mb_s"],
-         "cpu_mb_s": raw / cpu / 1e6, "ratio": size / raw, "size_x": 1.0, "speed_x": 1.0}
+         "cpu_mb_s": raw / cpu / 1e6, "busy": cpu / wall, "ratio": size / raw, "size_x": 1.0,
+         "speed_x": 1.0}
     )  # fmt: skip
     print(f"[{name}] zlib-6: {base['mb_s']:.1f} MB/s, ratio {size / raw:.4f}", flush=True)
     with DeflatePool(workers) as pool:
@@ -103,10 +259,11 @@ def workload(name: str, members, raw: int, levels: list[int], workers: int) -> l
                 row = {
                     "workload": name,
                     "level": level,
-                    "backend": "{} {}".format(*LEVELS[level]),
+                    "backend": "{} {}".format(*deflate_backend(level)),
                     "cores": cores,
                     "mb_s": raw / wall / 1e6,
                     "cpu_mb_s": raw / cpu / 1e6,
+                    "busy": cpu / wall,
                     "ratio": size / raw,
                     "size_x": size / base["size"],
                     "speed_x": raw / wall / 1e6 / base["mb_s"],
@@ -115,6 +272,7 @@ def workload(name: str, members, raw: int, levels: list[int], workers: int) -> l
                 print(
                     f"[{name}] level {level} ({row['backend']}), {cores} core(s): "
                     f"{row['mb_s']:.1f} MB/s ({row['speed_x']:.2f}x zlib-6), "
+                    f"{row['busy']:.2f} CPU s per s, "
                     f"size {row['size_x']:.4f}x",
                     flush=True,
                 )
@@ -124,13 +282,16 @@ def workload(name: str, members, raw: int, levels: list[int], workers: int) -> l
 def table(rows: list[dict]) -> str:
     lines = [
         "| workload | zip.level | library | cores | MB/s (wall) | MB/s per CPU second "
-        "| × zlib-6 speed (wall) | size × zlib-6 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| CPU s per wall s | × zlib-6 speed (wall) | × zlib-6 speed (CPU) | size × zlib-6 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    bases = {r["workload"]: r for r in rows if r["level"] == "zlib-6"}
     for r in rows:
+        cpu_x = r["cpu_mb_s"] / bases[r["workload"]]["cpu_mb_s"]
         lines.append(
             f"| {r['workload']} | {r['level']} | {r.get('backend', 'zlib 6')} | {r['cores']} | "
-            f"{r['mb_s']:.1f} | {r['cpu_mb_s']:.1f} | {r['speed_x']:.2f}× | {r['size_x']:.3f}× |"
+            f"{r['mb_s']:.1f} | {r['cpu_mb_s']:.1f} | {r['busy']:.2f} | {r['speed_x']:.2f}× | "
+            f"{cpu_x:.2f}× | {r['size_x']:.3f}× |"
         )
     return "\n".join(lines)
 
@@ -152,8 +313,9 @@ def verdict(rows: list[dict], rss_mib: float) -> str:
             cpu_speed >= 3,
         ),
         (
-            f"default level {many[0]['cores']} cores ≥ 1.8× its one core (wall: needs idle cores)",
-            f"{scale:.2f}×",
+            f"default level {many[0]['cores']} cores ≥ 1.8× its one core (wall: needs idle cores; "
+            f"CPU seconds per wall second of the {many[0]['cores']}-core run in brackets)",
+            f"{scale:.2f}× ({many[0]['busy']:.2f})",
             scale >= 1.8,
         ),
         ("peak RSS ≤ 150 MiB (32 MiB source included)", f"{rss_mib:.0f} MiB", rss_mib <= 150),
@@ -165,11 +327,12 @@ def verdict(rows: list[dict], rss_mib: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="1,2,4,5,6,7,8,9")
+    parser.add_argument("--levels", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--member-mib", type=int, default=512)
     parser.add_argument("--member-levels", default="1,6", help="levels run on the big member")
     parser.add_argument("--text-mib", type=int, default=128)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--candidate-mib", type=int, default=32, help="0: no candidates")
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
     started = time.perf_counter()
@@ -177,9 +340,13 @@ def main() -> int:
     size = args.member_mib * MiB
     block = text_bytes(4242, min(BLOCK, size))
     member_levels = [int(n) for n in args.member_levels.split(",")]
+    gil = gil_probe()
+    tried = candidates(block[: args.candidate_mib * MiB]) if args.candidate_mib else []
+    load_before = os.getloadavg()
     reset_peak_rss()  # generating the text peaks far above what compressing it takes
     rows = workload("member", [member_pieces(size, block)], size, member_levels, args.workers)
     rss_mib = peak_rss_mib()
+    load_member = (load_before, os.getloadavg())
     del block
 
     texts, total = [], 0
@@ -194,7 +361,7 @@ def main() -> int:
     command = (
         f"python -m bench.deflate --levels {args.levels} --member-mib {args.member_mib} "
         f"--member-levels {args.member_levels} "
-        f"--text-mib {args.text_mib} --workers {args.workers}"
+        f"--text-mib {args.text_mib} --workers {args.workers} --candidate-mib {args.candidate_mib}"
     )
     report = (
         f"# Deflate levels\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
@@ -205,11 +372,18 @@ def main() -> int:
         f"members. Peak RSS of this process while it compressed the member (the 32 MiB source "
         f"block and the bench's imports included): {rss_mib:.0f} MiB. Wall-time MB/s counts "
         f"whatever else the machine runs; MB/s per CPU second does not, and shows what one core "
-        f"does alone.\n\n"
-        f"{table(rows)}\n\n{verdict(rows, rss_mib)}\n"
+        f"does alone; CPU s per wall s shows how many cores the run really had. Load average "
+        f"(1 min) before / after the member rows: {load_member[0][0]:.1f} / "
+        f"{load_member[1][0]:.1f}.\n\n"
+        f"{table(rows)}\n\n{verdict(rows, rss_mib)}\n\n"
+        f"## Candidates, one core, the first {args.candidate_mib} MiB of the member's text\n\n"
+        f"{candidates_table(tried) if tried else '(not run)'}\n\n"
+        f"## The GIL\n\n{gil_table(gil)}\n"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "deflate.json").write_text(json.dumps({"rows": rows, "rss_mib": rss_mib}, indent=2))
+    (RESULTS / "deflate.json").write_text(
+        json.dumps({"rows": rows, "rss_mib": rss_mib, "candidates": tried, "gil": gil}, indent=2)
+    )
     (RESULTS / "deflate.md").write_text(report)
     print(report)
     return 0

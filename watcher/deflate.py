@@ -11,6 +11,16 @@ Pure compression, no I/O. Two verbs:
   within a few bytes per MiB of the single-threaded one. CRC-32s are computed per chunk and
   combined in order.
 
+Default levels use libdeflate (the ``deflate`` package): the smallest output per CPU second, but
+one-shot only, with no preset dictionary and no sync flush. Its chunks are stitched: each
+non-final chunk is compressed alone (unprimed: ~1 % larger than primed), then scanned once with
+zlib-ng's ``inflate(Z_BLOCK)`` (through ctypes, ~7x faster than libdeflate compresses) to find
+where its last block starts and where its last bit is; that block's BFINAL bit is cleared and an
+empty stored block (a sync flush: ``00 00 ff ff``) is appended at that bit, so the next chunk
+starts on a byte boundary. The scan also checks the piece decodes to the chunk's length. When
+libdeflate or the scan is unavailable (import or self-test failed), those levels fall back to
+zlib-ng (:data:`ZLIB_NG_FALLBACK`), and a chunk whose scan fails is compressed with zlib-ng.
+
 Memory: a pool has at most ``in_flight`` chunks submitted and not yet taken back by their
 member (each: the raw chunk, a 32 KiB window and its compressed piece), across every member that
 uses it. When the pool is full a member waits for its own oldest chunk, or — with none in flight
@@ -20,6 +30,7 @@ for another one, so nothing can deadlock.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import zlib
@@ -38,50 +49,77 @@ try:
     from zlib_ng import zlib_ng as _zng
 except ImportError:  # pragma: no cover
     _zng = None
+try:
+    import deflate as _libdeflate  # libdeflate; releases the GIL while it compresses
+except ImportError:  # pragma: no cover - a dependency, with wheels for every supported platform
+    _libdeflate = None
 
 MiB = 1024 * 1024
 CHUNK = 1 * MiB
 WINDOW = 32 * 1024  # deflate's window: the dictionary that primes each chunk
 
-# zip.level -> (library, its own level). Measured on the benchmark's text (bench/deflate.py,
-# README's zip.level table): ISA-L for speed, zlib-ng from 5 up for zlib's sizes; 6, the default,
-# is zlib-ng 5, ~3 % larger than zlib's level 6 at 2.8-3.0x its speed per core. ISA-L's level 0
-# is never used: it grows incompressible data by ~23 %.
+# zip.level -> (library, its own level). Measured on the benchmark's text, 1 MiB chunks, one core
+# (bench/deflate.py; README's zip.level table): ISA-L for speed (1-3), libdeflate for zlib's sizes
+# (4-9). 6, the default, is libdeflate 4: ~2 % larger than zlib's level 6 at ~4x its speed per
+# core (stitching included). ISA-L's level 0 is never used: it grows incompressible data by ~23 %.
 LEVELS: dict[int, tuple[str, int]] = {
     0: ("isal", 1),
     1: ("isal", 1),
     2: ("isal", 2),
-    3: ("isal", 2),
-    4: ("isal", 3),
-    5: ("zlib-ng", 4),
-    6: ("zlib-ng", 5),
-    7: ("zlib-ng", 6),
-    8: ("zlib-ng", 7),
-    9: ("zlib-ng", 8),  # zlib-ng 9 is larger than 8 on the benchmark text
+    3: ("isal", 3),
+    4: ("libdeflate", 2),
+    5: ("libdeflate", 3),
+    6: ("libdeflate", 4),
+    7: ("libdeflate", 6),
+    8: ("libdeflate", 7),
+    9: ("libdeflate", 9),  # 10-12 (near-optimal parsing) are 3-5x slower again, ~5 % smaller
 }
+# The libdeflate levels' zlib-ng stand-ins when libdeflate cannot be used (the previous table).
+ZLIB_NG_FALLBACK = {4: 4, 5: 4, 6: 5, 7: 6, 8: 7, 9: 8}
 DEFAULT_LEVEL = 6
 FAST_LEVEL = 1
 
 
-def deflate_backend(level: int) -> tuple[Any, int]:
-    """The deflate library and its own level for the configuration's 0–9.
-
-    Each falls back to the stdlib ``zlib`` at the same level (at least 1) when its wheel is
-    missing.
-    """
+def deflate_backend(level: int) -> tuple[str, int]:
+    """The deflate library (``isal``, ``libdeflate``, ``zlib-ng`` or ``zlib``) and its own level
+    for the configuration's 0–9, as this process will run it (fallbacks applied)."""
     name, native = LEVELS[level]
-    library = _isal if name == "isal" else _zng
-    if library is None:  # pragma: no cover
-        return zlib, max(1, level)
-    return library, native
+    if name == "libdeflate" and not HAVE_LIBDEFLATE:
+        name, native = "zlib-ng", ZLIB_NG_FALLBACK[level]
+    if (name == "isal" and _isal is None) or (name == "zlib-ng" and _zng is None):
+        return "zlib", max(1, level)  # pragma: no cover - both are dependencies
+    return name, native
 
 
-def compressobj(level: int, zdict: bytes = b"") -> Any:
-    """A raw (headerless) deflate compressor, zlib's interface, primed with ``zdict`` if any."""
-    library, native = deflate_backend(level)
+def _zlib_like(name: str, native: int, zdict: bytes = b"") -> Any:
+    library = {"isal": _isal, "zlib-ng": _zng}.get(name, zlib)
     if zdict:
         return library.compressobj(native, library.DEFLATED, -15, 8, 0, zdict)
     return library.compressobj(native, library.DEFLATED, -15)
+
+
+def compressobj(level: int) -> Any:
+    """A raw (headerless) deflate compressor with zlib's ``compress``/``flush`` interface."""
+    name, native = deflate_backend(level)
+    if name == "libdeflate":
+        return _OneThread(level)
+    return _zlib_like(name, native)
+
+
+class _OneThread:
+    """zlib's compressor interface over a pool-less :class:`ChunkedDeflater` (libdeflate is
+    one-shot): ``compress`` returns whole chunks' pieces, ``flush`` ends the stream."""
+
+    def __init__(self, level: int) -> None:
+        self._deflater = ChunkedDeflater(level)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._deflater.feed(data)
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        if mode != zlib.Z_FINISH:
+            raise ValueError("only Z_FINISH is supported")
+        return self._deflater.finish()
 
 
 def crc32(data: bytes, value: int = 0) -> int:
@@ -95,11 +133,138 @@ def _crc32_combine(first: int, second: int, second_length: int) -> int:
 
 
 def deflate_chunk(level: int, data: bytes, zdict: bytes, last: bool) -> tuple[bytes, int]:
-    """One chunk's piece of the stream and the chunk's CRC-32 (runs on a pool thread; the
-    libraries release the GIL while they compress)."""
-    comp = compressobj(level, zdict)
+    """One chunk's piece of the stream and the chunk's CRC-32 (runs on a pool thread; every
+    library here releases the GIL while it compresses, and ctypes while it scans).
+
+    ``zdict`` (the 32 KiB before the chunk) primes zlib-ng and ISA-L; libdeflate cannot use it.
+    A non-last piece ends on a byte boundary with a sync flush, the last one ends the stream.
+    """
+    name, native = deflate_backend(level)
+    if name == "libdeflate":
+        piece = _libdeflate.deflate_compress(data, native)  # type: ignore[union-attr]
+        if last or _unfinal(piece, len(data)):
+            return bytes(piece), crc32(data)
+        name, native = "zlib-ng", ZLIB_NG_FALLBACK[level]  # pragma: no cover - scan failed
+    comp = _zlib_like(name, native, zdict)
     piece = comp.compress(data) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
     return piece, crc32(data)
+
+
+# -- stitching libdeflate's one-shot streams: zlib-ng's inflate(Z_BLOCK) through ctypes --------
+
+
+class _ZStream(ctypes.Structure):
+    """zlib-ng's ``zng_stream`` (zlib-ng.h, native API)."""
+
+    _fields_ = [
+        ("next_in", ctypes.c_void_p),
+        ("avail_in", ctypes.c_uint32),
+        ("total_in", ctypes.c_size_t),
+        ("next_out", ctypes.c_void_p),
+        ("avail_out", ctypes.c_uint32),
+        ("total_out", ctypes.c_size_t),
+        ("msg", ctypes.c_char_p),
+        ("state", ctypes.c_void_p),
+        ("zalloc", ctypes.c_void_p),
+        ("zfree", ctypes.c_void_p),
+        ("opaque", ctypes.c_void_p),
+        ("data_type", ctypes.c_int),
+        ("adler", ctypes.c_uint32),
+        ("reserved", ctypes.c_ulong),
+    ]
+
+
+Z_OK, Z_STREAM_END, Z_BLOCK = 0, 1, 5
+SCAN_OUT = 256 * 1024  # the scan's output buffer, reused (inflate keeps its own 32 KiB window)
+
+
+def _load_inflate() -> Any:
+    """zlib-ng's inflate from the ``zlib_ng`` extension (it exports the native API), or None."""
+    try:
+        lib = ctypes.CDLL(_zng.__file__)  # type: ignore[union-attr]
+        ptr = ctypes.POINTER(_ZStream)
+        for fn, args in (
+            ("zng_inflateInit2", [ptr, ctypes.c_int32]),
+            ("zng_inflate", [ptr, ctypes.c_int32]),
+            ("zng_inflateEnd", [ptr]),
+        ):
+            getattr(lib, fn).argtypes = args
+            getattr(lib, fn).restype = ctypes.c_int32
+        return lib
+    except (AttributeError, OSError, TypeError):  # pragma: no cover - no such symbols
+        return None
+
+
+_inflate = _load_inflate() if _libdeflate is not None and _zng is not None else None
+
+
+def _scan(piece: bytearray, size: int) -> tuple[int, int] | None:
+    """(bit where the last block starts, bit after its end-of-block code) of one complete raw
+    deflate stream that decodes to ``size`` bytes; None if it is not one."""
+    stream = _ZStream()
+    if _inflate is None or _inflate.zng_inflateInit2(ctypes.byref(stream), -15) != Z_OK:
+        return None
+    out = ctypes.create_string_buffer(min(SCAN_OUT, max(1, size)))
+    source = (ctypes.c_char * len(piece)).from_buffer(piece)
+    try:
+        stream.next_in, stream.avail_in = ctypes.addressof(source), len(piece)
+        last_start = 0
+        while True:
+            if stream.avail_out == 0:
+                stream.next_out, stream.avail_out = ctypes.addressof(out), len(out)
+            code = _inflate.zng_inflate(ctypes.byref(stream), Z_BLOCK)
+            if code != Z_OK:
+                return None  # an error, or the end without the boundary stop below
+            # data_type: bits left unused in the input, +64 once the last block is decoded,
+            # +128 when stopped at a block boundary (zlib.h, inflate() with Z_BLOCK)
+            if stream.data_type & 128:
+                position = stream.total_in * 8 - (stream.data_type & 63)
+                if stream.data_type & 64:
+                    break
+                last_start = position
+            elif stream.avail_out != 0:
+                return None  # stopped neither at a boundary nor for room: truncated
+        if stream.total_out != size or stream.avail_in != 0 or len(piece) != (position + 7) // 8:
+            return None
+        return last_start, position
+    finally:
+        del source  # the bytearray may be resized again once no buffer is exported
+        _inflate.zng_inflateEnd(ctypes.byref(stream))
+
+
+def _unfinal(piece: bytearray, size: int) -> bool:
+    """Turn libdeflate's stream of ``size`` bytes into a non-final piece ending with a sync
+    flush, in place; False (piece unchanged) if the scan fails."""
+    found = _scan(piece, size)
+    if found is None:
+        return False
+    last_start, end = found
+    byte, bit = divmod(last_start, 8)
+    if not piece[byte] >> bit & 1:
+        return False  # pragma: no cover - not a BFINAL bit: never trust the scan blindly
+    piece[byte] &= ~(1 << bit) & 0xFF
+    # an empty stored block at bit ``end``: 3 header bits (all 0) in the padding left in the
+    # last byte (zeros) if there are 3, else in one more byte; then LEN 0000 and NLEN ffff
+    piece += b"\x00\x00\xff\xff" if 1 <= end % 8 <= 5 else b"\x00\x00\x00\xff\xff"
+    return True
+
+
+def _self_test() -> bool:
+    """libdeflate stitched to itself decodes back (the ctypes layout matches the library)."""
+    if _inflate is None:
+        return False
+    try:
+        data = b"".join(b"%d stitched chunk line %d\n" % (n, n * n) for n in range(6000))
+        first = _libdeflate.deflate_compress(data, 4)  # type: ignore[union-attr]
+        if not _unfinal(first, len(data)):
+            return False
+        second = _libdeflate.deflate_compress(data[::-1], 4)  # type: ignore[union-attr]
+        return zlib.decompress(bytes(first + second), -15) == data + data[::-1]
+    except Exception:  # pragma: no cover - whatever breaks, use zlib-ng instead
+        return False
+
+
+HAVE_LIBDEFLATE = _self_test()
 
 
 def usable_cores() -> int:

@@ -8,6 +8,7 @@ import threading
 import time
 import zlib
 
+import deflate as _libdeflate
 import pytest
 
 from bench.run import text_bytes
@@ -98,15 +99,81 @@ def test_default_megabyte_chunks_round_trip(pool):
 
 
 def test_primed_chunks_cost_almost_nothing_over_one_stream(pool):
-    """Each chunk is primed with the previous 32 KiB: unprimed 64 KiB chunks would cost ~3 %."""
+    """zlib-ng and ISA-L chunks are primed with the previous 32 KiB: unprimed 64 KiB chunks would
+    cost ~3 %."""
+    level = 3  # ISA-L 3
     data = text_bytes(3, 2 * 1024 * KiB)
-    whole = len(one_shot(6, data))
-    stream, _ = run(data, pool=pool)
+    whole = len(one_shot(level, data))
+    stream, _ = run(data, level=level, pool=pool)
     unprimed = sum(
-        len(one_shot(6, data[i : i + SMALL_CHUNK])) for i in range(0, len(data), SMALL_CHUNK)
+        len(one_shot(level, data[i : i + SMALL_CHUNK])) for i in range(0, len(data), SMALL_CHUNK)
     )
     assert len(stream) <= whole * 1.005
     assert unprimed > whole * 1.01  # the check above can tell priming from no priming
+
+
+def test_libdeflate_megabyte_chunks_cost_little_over_one_shot_of_the_whole(pool):
+    """libdeflate cannot be primed: at the default 1 MiB chunks that costs ~1 %, not more."""
+    assert deflate.HAVE_LIBDEFLATE
+    data = text_bytes(4, 4 * deflate.CHUNK)
+    name, native = deflate.deflate_backend(deflate.DEFAULT_LEVEL)
+    assert name == "libdeflate"
+    whole = len(_libdeflate.deflate_compress(data, native))
+    deflater = ChunkedDeflater(deflate.DEFAULT_LEVEL, pool)
+    stream = deflater.feed(data) + deflater.finish()
+    check(data, stream, deflater)
+    assert len(stream) <= whole * 1.02
+
+
+def test_a_stitched_libdeflate_piece_is_not_final_and_ends_with_a_sync_flush():
+    data = text_bytes(8, 300 * KiB)
+    piece, crc = deflate.deflate_chunk(deflate.DEFAULT_LEVEL, data, b"", False)
+    assert crc == zlib.crc32(data)
+    assert piece.endswith(b"\x00\x00\xff\xff")
+    inflater = zlib.decompressobj(-15)
+    assert inflater.decompress(piece) == data
+    assert not inflater.eof  # BFINAL was cleared: a reader goes on to the next piece
+    last, _ = deflate.deflate_chunk(deflate.DEFAULT_LEVEL, b"tail", b"", True)
+    assert inflater.decompress(last) == b"tail" and inflater.eof
+
+
+def test_stitching_is_right_whatever_bit_a_piece_ends_on():
+    """The empty stored block goes in the last byte's padding, or in one more byte: the 8 bit
+    positions a piece can end on all occur here, and every stream decodes."""
+    seen = set()
+    real = deflate._scan
+
+    def spy(piece, size):
+        found = real(piece, size)
+        seen.add(found[1] % 8)
+        return found
+
+    deflate._scan, saved = spy, deflate._scan
+    try:
+        rng = random.Random(9)
+        for n in range(60):
+            parts = [text_bytes(n * 10 + k, rng.randrange(1, 40 * KiB)) for k in range(3)]
+            if n % 3 == 0:
+                parts[1] = rng.randbytes(len(parts[1]))  # stored blocks too
+            pieces = [deflate.deflate_chunk(4 + n % 6, p, b"", False)[0] for p in parts[:2]]
+            pieces.append(deflate.deflate_chunk(4 + n % 6, parts[2], b"", True)[0])
+            assert zlib.decompress(b"".join(pieces), -15) == b"".join(parts)
+    finally:
+        deflate._scan = saved
+    assert seen == set(range(8))
+
+
+def test_a_failed_scan_falls_back_to_zlib_ng_for_that_chunk(monkeypatch):
+    monkeypatch.setattr(deflate, "_scan", lambda piece, size: None)
+    data = text_bytes(12, 3 * SMALL_CHUNK + 5)
+    stream, deflater = run(data, pool=None)
+    check(data, stream, deflater)
+    bad = bytearray(_libdeflate.deflate_compress(data, 4))
+    monkeypatch.undo()
+    assert deflate._unfinal(bytearray(bad[:-100]), len(data)) is False  # truncated
+    assert deflate._unfinal(bytearray(bad), len(data) + 1) is False  # wrong length
+    bad[len(bad) // 2] ^= 0x5A
+    assert deflate._scan(bad, len(data)) is None  # corrupt
 
 
 def test_pieces_come_back_in_order_whatever_order_the_pool_finishes(monkeypatch):
@@ -244,19 +311,23 @@ def test_default_level_is_within_5_percent_of_zlib_6_and_the_fast_level_is_isal(
     reference = zlib.compressobj(6, zlib.DEFLATED, -15)
     zlib6 = len(reference.compress(data) + reference.flush())
     assert len(one_shot(deflate.DEFAULT_LEVEL, data)) <= 1.05 * zlib6
-    library, _ = deflate_backend(deflate.FAST_LEVEL)
-    assert library.__name__.endswith("isal_zlib")
+    assert deflate_backend(deflate.FAST_LEVEL) == ("isal", 1)
 
 
-def test_the_level_table_isal_for_speed_zlib_ng_for_size_never_isal_level_0():
-    from isal import isal_zlib
-    from zlib_ng import zlib_ng
-
-    assert [deflate_backend(n) for n in range(5)] == [
-        (isal_zlib, 1),
-        (isal_zlib, 1),
-        (isal_zlib, 2),
-        (isal_zlib, 2),
-        (isal_zlib, 3),
+def test_the_level_table_isal_for_speed_libdeflate_for_size_never_isal_level_0():
+    assert deflate.HAVE_LIBDEFLATE  # the self-test passed: libdeflate and the scan both work
+    assert [deflate_backend(n) for n in range(4)] == [("isal", n) for n in (1, 1, 2, 3)]
+    assert [deflate_backend(n) for n in range(4, 10)] == [
+        ("libdeflate", n) for n in (2, 3, 4, 6, 7, 9)
     ]
-    assert [deflate_backend(n) for n in range(5, 10)] == [(zlib_ng, n) for n in (4, 5, 6, 7, 8)]
+
+
+def test_without_libdeflate_its_levels_fall_back_to_zlib_ng(monkeypatch):
+    monkeypatch.setattr(deflate, "HAVE_LIBDEFLATE", False)
+    assert [deflate_backend(n) for n in range(4, 10)] == [
+        ("zlib-ng", n) for n in (4, 4, 5, 6, 7, 8)
+    ]
+    data = text_bytes(13, 2 * SMALL_CHUNK + 3)
+    stream, deflater = run(data, pool=None)
+    check(data, stream, deflater)
+    assert len(one_shot(6, data)) > 0
