@@ -202,6 +202,7 @@ class LiveJob:
     running: Running = field(default_factory=Running)
     thread: threading.Thread | None = None
     claim_lost: bool = False
+    lost_claim: str | None = None  # "claim" or "target_claim": which one was lost
     released: bool = False
     # Renewal (scheduler thread), fencing and release (job thread, or the owner at shutdown) of
     # this job's claims never overlap.
@@ -278,6 +279,7 @@ class Jobs:
                     continue
                 renewed = None  # it may have expired by now: count it lost
             if renewed is None:
+                live.lost_claim = name
                 return False
             setattr(live, name, renewed)
         return True
@@ -304,13 +306,14 @@ class Jobs:
         live.claim_lost = True
         live.cancel.set(CLAIM_LOST)
 
-    def fence(self, live: LiveJob) -> None:
-        """Confirm the job still owns its claims right before a commit, else cancel it (§7.3)."""
+    def fence(self, live: LiveJob, when: str = "fence") -> None:
+        """Confirm the job still owns its claims right before a commit — or before it starts
+        (``when="start"``) — else cancel it (§7.3)."""
         with live.lock:
             if not live.claim_lost and not live.released and self._renew(live, confirm=True):
                 return
             if not live.claim_lost:
-                self._lose(live, "fence")
+                self._lose(live, when)
         raise JobCancelled("the job's claim was lost; another daemon owns it now")
 
     def take_target(self, live: LiveJob, target_key: str) -> bool:
@@ -327,6 +330,10 @@ class Jobs:
                 return
             live.released = True
             if live.claim_lost:
+                # The lost claim is the new owner's now; the other one is still ours to free
+                # (a target claim kept until its lease ran out would hold the new owner back).
+                if live.target_claim is not None and live.lost_claim == "claim":
+                    self._release_claim(live.target_claim)
                 return
             if live.target_claim is not None:
                 self._release_claim(live.target_claim)
@@ -744,6 +751,9 @@ class Daemon:
             return None
         if self._cancel_check is not None and self._cancel_check(live.job_id):
             live.cancel.set(REQUESTED)
+        # Claiming, reading and claiming the target took a while (a settle delay each on B2):
+        # confirm the claims now, so a job never starts on a claim already lost.
+        self.jobs.fence(live, "start")
         if self.metrics is not None:
             self.metrics.job_started()
         try:

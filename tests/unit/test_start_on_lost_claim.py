@@ -1,0 +1,92 @@
+"""A job never starts on a claim that is lost (the B2 soak's race, docs/reliability.md): the
+daemon confirms its claims between winning them and starting the job, after the slow steps in
+between (reading the manifest and the commit record, claiming the target: a settle delay on B2).
+The daemon's own code runs on in-process moto; only the claimer is scripted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from watcher import daemon as daemon_module
+from watcher.claims import Claim
+from watcher.config import from_mapping
+from watcher.daemon import Daemon
+from watcher.store import Store
+
+PREFIX = "zip-requests/"
+KEY = f"{PREFIX}m.json"
+
+
+class Scripted:
+    """Wins every claim; ``lose_on_target`` makes the manifest's claim lost while the target is
+    being claimed — noticed by a renewal then (``renew_during_target``) or not at all."""
+
+    mode = "versions"
+
+    def __init__(self, daemon_ref: list, *, renew_during_target: bool) -> None:
+        self.daemon_ref = daemon_ref
+        self.renew_during_target = renew_during_target
+        self.lost = False
+        self.renewals = 0
+        self.released: list[str] = []
+
+    def claim(self, key: str) -> Claim | None:
+        if key != KEY:  # the target's claim: meanwhile another daemon takes the manifest over
+            self.lost = True
+            if self.renew_during_target:
+                self.daemon_ref[0].jobs.renew_all()
+        return Claim(key, "me", 1, "v", time.time() + 30)
+
+    def renew(self, claim: Claim) -> Claim | None:
+        self.renewals += 1
+        return None if self.lost and claim.manifest_key == KEY else claim
+
+    def release(self, claim: Claim) -> None:
+        self.released.append(claim.manifest_key)
+
+
+@pytest.fixture
+def store(monkeypatch):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "k"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="bkt")
+        client.put_object(Bucket="bkt", Key="in/a.txt", Body=b"a")
+        manifest = {"files": ["in/a.txt"], "target": "out/m.zip"}
+        client.put_object(Bucket="bkt", Key=KEY, Body=json.dumps(manifest).encode())
+        yield Store(client)
+
+
+@pytest.mark.parametrize("renew_during_target", [True, False], ids=["noticed", "unnoticed"])
+def test_a_job_whose_claim_was_lost_before_it_started_does_not_start(
+    store, monkeypatch, renew_during_target
+):
+    settings = from_mapping(
+        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
+    )
+    ref: list = []
+    claimer = Scripted(ref, renew_during_target=renew_during_target)
+    daemon = Daemon(settings, store, claimer)
+    ref.append(daemon)
+    started: list = []
+    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: started.append(a))
+    admitted: list = []
+    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
+    daemon._perform(admitted[0])
+    assert started == [], "the job started on a lost claim"
+    assert admitted[0].claim_lost
+    assert KEY not in claimer.released, "a lost claim is the new owner's: never released"
+    targets = [k for k in claimer.released if "/targets/" in k]
+    assert len(targets) == 1 == len(claimer.released), "the target's claim is freed at once"
+    keys = [o["Key"] for o in store.raw_client.list_objects_v2(Bucket="bkt").get("Contents", [])]
+    assert KEY in keys and "out/m.zip" not in keys, "left to the new owner, nothing written"
