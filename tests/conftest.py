@@ -305,3 +305,10 @@ def daemons(tmp_path: Path, s3_env: dict[str, str]):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and a region for in-process moto (``moto.mock_aws``)."""
+    for name, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)

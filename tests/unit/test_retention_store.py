@@ -21,13 +21,7 @@ OURS = ("done/a.json", "failed/b.json", "failed/b.error.json", ".jobs/j.json", "
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    for name, value in (
-        ("AWS_ACCESS_KEY_ID", "k"),
-        ("AWS_SECRET_ACCESS_KEY", "s"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ):
-        monkeypatch.setenv(name, value)
+def s3(aws_env):
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="bkt")
