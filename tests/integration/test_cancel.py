@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from conftest import SHARED_SECRET, free_port, put_objects
 from daemonproc import read_json, wait_until, write_config
@@ -80,16 +81,20 @@ def test_cancel_queued_and_running_jobs(s3, s3_server, s3_env, bucket, tmp_path,
         # One slot, taken by slow1: the second job waits, and is cancelled while it waits —
         # without waiting for the slot (CONTRACT §9: within 10 s).
         assert view("queued")["state"] == "pending"
+        asked = time.monotonic()
         status, headers, _ = request(port, "DELETE", "/jobs/queued", headers=AUTH)
         assert status == 202 and headers["Location"] == "/jobs/queued"
         ends_cancelled("queued")
+        print(f"queued job cancelled by DELETE: filed {time.monotonic() - asked:.1f} s later")
         assert view("slow1")["state"] == "running", "the queued job waited for the slot"
         # The same from another process (as from another host): only the request in the bucket.
         submit("queued2", ["a.txt"])
         assert view("queued2")["state"] == "pending"
+        asked = time.monotonic()
         cancelled = cli("cancel", "queued2")
         assert cancelled.returncode == 0, cancelled.stderr
         ends_cancelled("queued2")
+        print(f"queued job cancelled by the CLI: filed {time.monotonic() - asked:.1f} s later")
         assert view("slow1")["state"] == "running", "the queued job waited for the slot"
         # The running job, from another process: a request the daemon's next poll lists.
         cancelled = cli("cancel", "slow1")
