@@ -41,6 +41,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,12 @@ HEAD_ALLOWANCE = 8 * MiB
 # A small member is held whole before its header is written: no more than the head's allowance,
 # so holding it never adds to the memory bound. At least 8 MiB (CONTRACT §10).
 BUFFER_LIMIT = HEAD_ALLOWANCE
+# Objects up to this size are read whole by one lean GET and compressed by the thread that
+# fetched them (issue 16); bigger ones stream in READ_CHUNK pieces from the same answer.
+SMALL_BYTES = READ_CHUNK
+# Small-object GETs in flight by default: a remote store answers each after tens of ms, so the
+# count, not the cores, decides the rate (bench/results/many_small.md measures 32-256).
+SMALL_IN_FLIGHT = 128
 CRC_RANGE = 32 * MiB
 CRC_PARALLEL = 8
 CRC_CHUNK = 256 * 1024
@@ -181,6 +188,24 @@ def decide(compression: str, level: int, name: str, first: bytes) -> tuple[str, 
     return "store", 0
 
 
+def pack_whole(compression: str, level: int, name: str, data: bytes) -> tuple[str, int, bytes]:
+    """(method, level, member data) of a small object held whole: :func:`decide`'s choice, with
+    ``auto``'s deflate trial being the real compression itself up to :data:`SAMPLE_BYTES` — a
+    member that does not shrink below 95 % (and is at least 512 bytes) is stored — so its bytes
+    are compressed only once."""
+    if compression == "store" or len(data) > SAMPLE_BYTES:
+        method, level = decide(compression, level, name, data)
+        if method == "store":
+            return "store", 0, data
+    elif compression == "auto" and (not data or extension(name) in STORED_EXTENSIONS):
+        return "store", 0, data
+    compressor = _compressobj(level)
+    packed = compressor.compress(data) + compressor.flush()
+    if compression == "auto" and len(data) >= 512 and len(packed) > 0.95 * len(data):
+        return "store", 0, data
+    return "deflate", level, packed
+
+
 def clamp_mtime(moment: datetime | None) -> datetime:
     """A timestamp the ZIP can hold: DOS time starts in 1980, UNIX extra time ends in 2038."""
     if moment is None:
@@ -251,6 +276,32 @@ class _Budget:
 _END = object()
 
 
+class _Streams:
+    """At most ``limit`` entries streamed at once (the rest of the GETs in flight read small
+    objects whole). The entry being written — the budget's head — never waits for a slot, so
+    later entries holding every slot cannot stall the archive."""
+
+    def __init__(self, limit: int, budget: _Budget) -> None:
+        self.limit = limit
+        self.budget = budget
+        self.active = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def slot(self, index: int) -> Iterator[None]:
+        budget = self.budget
+        with self._cond:
+            while self.active >= self.limit and index != budget.head and not budget.closed:
+                self._cond.wait(0.1)
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.active -= 1
+                self._cond.notify()
+
+
 @dataclass
 class _Fetch:
     """One entry as a fetch thread reads it: the pieces to write (raw bytes when stored, deflate
@@ -288,7 +339,9 @@ class _Fetch:
 
 
 class _ReadAhead:
-    """Fetches entries in archive order, up to ``parallel`` at once and ``limit`` bytes ahead."""
+    """Fetches entries in archive order: up to ``small_in_flight`` GETs at once (each reads a
+    small object whole), of which at most ``parallel`` stream a bigger one, and ``limit`` bytes
+    ahead."""
 
     def __init__(
         self,
@@ -299,6 +352,7 @@ class _ReadAhead:
         parallel: int,
         limit: int,
         cancelled: Callable[[], bool],
+        small_in_flight: int = 0,
     ) -> None:
         self.store = store
         self.bucket = bucket
@@ -306,8 +360,10 @@ class _ReadAhead:
         self.entries = plan.entries
         self.budget = _Budget(limit)
         self.cancelled = cancelled
-        self.window = max(1, parallel) * 4
-        self.pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="get")
+        threads = max(1, parallel, small_in_flight)
+        self.window = threads * 4
+        self.streams = _Streams(max(1, parallel), self.budget)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="get")
         self.deflate_pool = DeflatePool()  # chunks of big members on every core
         self.ranged = threading.BoundedSemaphore(RANGED_STREAMS)
         self.span_pool = ThreadPoolExecutor(
@@ -324,60 +380,116 @@ class _ReadAhead:
             self.next_to_submit += 1
 
     def _run(self, fetch: _Fetch) -> None:
-        """GET one entry; every chunk's memory is reserved in the budget *before* it is read."""
+        """GET one entry: whole when small (:meth:`_small`), else streamed (:meth:`_read`)."""
+        entry = fetch.entry
+        try:
+            if self.budget.closed:
+                return
+            by_name = stored_by_name(self.plan.compression, entry.name)
+            if by_name and entry.size is not None and entry.size > BUFFER_LIMIT:
+                fetch.method, fetch.large_stored = "store", True
+                return
+            if entry.size is None or entry.size <= min(SMALL_BYTES, BUFFER_LIMIT):
+                self._small(fetch, by_name)
+                return
+            with self.streams.slot(fetch.index):
+                with self.store.open_object(self.bucket, entry.key) as reader:
+                    self._read(fetch, reader, by_name)
+        except BaseException as exc:  # handed to the consumer, which decides
+            fetch.error = exc
+        finally:
+            fetch.opened.set()
+            fetch.put(_END)
+
+    # -- small members: one lean GET, read whole, compressed here (issue 16) ------------------
+
+    def _small(self, fetch: _Fetch, by_name: bool) -> None:
+        """One GET (:meth:`Store.get_small`): a body of at most :data:`SMALL_BYTES` is read
+        whole into memory reserved first, its CRC-32 taken and — when it deflates — compressed
+        right here, and handed over as one piece; a bigger one streams from the same answer."""
+        held = 0
+        index, entry, plan = fetch.index, fetch.entry, self.plan
+
+        def reserve(size: int) -> None:  # the body and its compressed piece, at the very worst
+            nonlocal held
+            want = 2 * size + 4096
+            if want > held:
+                self.budget.acquire(index, want - held)
+                held = want
+
+        try:
+            whole = min(SMALL_BYTES, BUFFER_LIMIT)  # a small member is also one held whole
+            got = self.store.get_small(self.bucket, entry.key, max_bytes=whole, reserve=reserve)
+            fetch.size, fetch.last_modified = got.size, got.last_modified
+            if got.reader is not None:
+                with got.reader as reader, self.streams.slot(index):
+                    self._read(fetch, reader, by_name)
+                return
+            data = got.body
+            assert data is not None
+            if self.budget.closed:
+                return
+            method, level, piece = pack_whole(plan.compression, plan.level, entry.name, data)
+            fetch.method, fetch.level, fetch.crc = method, level, crc32(data)
+            if len(piece) > held:  # deflate grew it past the reservation: hold what it is
+                self.budget.acquire(index, len(piece) - held)
+                held = len(piece)
+            self.budget.release(index, held - len(piece))
+            held = 0
+            fetch.put((piece, len(data)))  # the consumer releases its bytes
+        finally:
+            if held:
+                self.budget.release(index, held)
+
+    # -- end of small members (issue 16) ------------------------------------------------------
+
+    def _read(self, fetch: _Fetch, reader: ObjectReader, by_name: bool) -> None:
+        """Stream an open object; every chunk's memory is reserved in the budget *before* it
+        is read."""
         held = 0
         entry, plan = fetch.entry, self.plan
         compressor: ChunkedDeflater | None = None
         ranged: Iterator[bytes] | None = None
         try:
-            if self.budget.closed:
-                return
-            by_name = stored_by_name(plan.compression, entry.name)
-            if by_name and entry.size is not None and entry.size > BUFFER_LIMIT:
+            fetch.size = reader.size
+            fetch.last_modified = reader.last_modified
+            if by_name and reader.size > BUFFER_LIMIT:
                 fetch.method, fetch.large_stored = "store", True
                 return
-            with self.store.open_object(self.bucket, entry.key) as reader:
-                fetch.size = reader.size
-                fetch.last_modified = reader.last_modified
-                if by_name and reader.size > BUFFER_LIMIT:
-                    fetch.method, fetch.large_stored = "store", True
+            # a raw chunk and its compressed piece, at the very worst
+            reserve = 2 * min(READ_CHUNK, reader.size) + 4096
+            self.budget.acquire(fetch.index, reserve)
+            held = reserve
+            chunks = reader.iter_chunks(READ_CHUNK)
+            chunk = next(chunks, b"")
+            fetch.method, fetch.level = decide(plan.compression, plan.level, entry.name, chunk)
+            if fetch.method == "store" and reader.size > BUFFER_LIMIT:
+                fetch.large_stored = True
+                return
+            fetch.opened.set()
+            if fetch.method == "deflate":
+                compressor = ChunkedDeflater(fetch.level, self.deflate_pool)
+                if reader.size > RANGED_MIN and reader.etag and self.ranged.acquire(False):
+                    chunks = ranged = self._ranged(reader, chunks)
+            while chunk:
+                if compressor is not None:
+                    piece = compressor.feed(chunk)  # computes the CRC-32 too
+                else:
+                    fetch.crc, piece = crc32(chunk, fetch.crc), chunk
+                self.budget.release(fetch.index, held - len(piece))
+                held = 0
+                if self.budget.closed:
                     return
-                # a raw chunk and its compressed piece, at the very worst
-                reserve = 2 * min(READ_CHUNK, reader.size) + 4096
+                fetch.put((piece, len(chunk)))  # the consumer releases its bytes
                 self.budget.acquire(fetch.index, reserve)
                 held = reserve
-                chunks = reader.iter_chunks(READ_CHUNK)
                 chunk = next(chunks, b"")
-                fetch.method, fetch.level = decide(plan.compression, plan.level, entry.name, chunk)
-                if fetch.method == "store" and reader.size > BUFFER_LIMIT:
-                    fetch.large_stored = True
-                    return
-                fetch.opened.set()
-                if fetch.method == "deflate":
-                    compressor = ChunkedDeflater(fetch.level, self.deflate_pool)
-                    if reader.size > RANGED_MIN and reader.etag and self.ranged.acquire(False):
-                        chunks = ranged = self._ranged(reader, chunks)
-                while chunk:
-                    if compressor is not None:
-                        piece = compressor.feed(chunk)  # computes the CRC-32 too
-                    else:
-                        fetch.crc, piece = crc32(chunk, fetch.crc), chunk
-                    self.budget.release(fetch.index, held - len(piece))
-                    held = 0
-                    if self.budget.closed:
-                        return
-                    fetch.put((piece, len(chunk)))  # the consumer releases its bytes
-                    self.budget.acquire(fetch.index, reserve)
-                    held = reserve
-                    chunk = next(chunks, b"")
-                if compressor is not None:
-                    tail = compressor.finish()
-                    fetch.crc = compressor.crc
-                    self.budget.release(fetch.index, held - len(tail))
-                    held = 0
-                    fetch.put((tail, 0))
-        except BaseException as exc:  # handed to the consumer, which decides
-            fetch.error = exc
+            if compressor is not None:
+                tail = compressor.finish()
+                fetch.crc = compressor.crc
+                self.budget.release(fetch.index, held - len(tail))
+                held = 0
+                fetch.put((tail, 0))
         finally:
             if ranged is not None:
                 ranged.close()  # type: ignore[attr-defined]  # stops its span reads
@@ -386,8 +498,6 @@ class _ReadAhead:
                 compressor.close()  # gives back its chunks still in the pool, if it failed
             if held:
                 self.budget.release(fetch.index, held)
-            fetch.opened.set()
-            fetch.put(_END)
 
     def _ranged(self, reader: ObjectReader, body: Iterator[bytes]) -> Iterator[bytes]:
         """The rest of a large member, in order: its open GET's body up to the end of the first
@@ -712,6 +822,8 @@ class _PartWriter:
 class PipelineLimits:
     read_ahead_bytes: int = 32 * MiB
     max_parallel_gets: int = 32
+    # GETs in flight reading small objects whole (threads; memory bound by read_ahead_bytes).
+    small_in_flight: int = SMALL_IN_FLIGHT
     upload_concurrency: int = 3
     minimum_part: int = MIN_PART
     # Large stored members of at least this many bytes are copied server-side; 0: never.
@@ -887,6 +999,7 @@ def write_zip(
         parallel=limits.max_parallel_gets,
         limit=limits.read_ahead_bytes,
         cancelled=cancelled,
+        small_in_flight=limits.small_in_flight,
     )
     sources = _Sources(
         store, progress, cancelled, min(CRC_PARALLEL, limits.max_parallel_gets), limits.crc_cache

@@ -19,8 +19,9 @@ import json
 import random
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -38,6 +39,8 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.httpsession import get_cert_path
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ProtocolError
 
 from watcher.b2classes import by_class
@@ -49,6 +52,7 @@ from watcher.errors import (
     StorageError,
 )
 from watcher.plan import ObjectInfo
+from watcher.smallget import Refused, SmallGetter, SmallObject, total_attempts, usable_for
 
 if TYPE_CHECKING:
     from watcher.config import S3Settings
@@ -943,6 +947,125 @@ class Store:
                         f"{position} and could not be resumed"
                     )
                 time.sleep(_backoff(attempt - 1))
+
+    # -- small objects: one lean GET each (issue 16) -----------------------------------------
+
+    def get_small(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        max_bytes: int,
+        reserve: Callable[[int], None] | None = None,
+    ) -> SmallRead:
+        """One GET of ``key``: its body whole when at most ``max_bytes`` (``reserve(size)``
+        runs before the body is read, so a caller can bound its memory first), else an
+        :class:`ObjectReader` over the same response — one request either way.
+
+        Sent by :class:`watcher.smallget.SmallGetter` (one signed request on a shared pool, not
+        a full botocore call) with this edge's rules: counted as ``GetObject`` for the daemon
+        and the job, transient failures retried, errors through :func:`translate_client_error`.
+        Falls back to the boto3 client where the lean path cannot go (a proxy, no endpoint)."""
+        getter = _small_getter(self.raw_client)
+        if getter is None:
+            reader = self.open_object(bucket, key)
+            if reader.size > max_bytes:
+                return SmallRead(reader.size, reader.last_modified, reader.etag, None, reader)
+            with reader:
+                if reserve is not None:
+                    reserve(reader.size)
+                body = b"".join(reader.iter_chunks())
+            return SmallRead(reader.size, reader.last_modified, reader.etag, body, None)
+        tallies = self._tallies
+
+        def count() -> None:
+            for tally in tallies:
+                tally.add("GetObject")
+
+        try:
+            found = getter.get(bucket, key, max_bytes=max_bytes, count=count, reserve=reserve)
+        except Refused as refused:
+            answer = {
+                "Error": {"Code": refused.code, "Message": ""},
+                "ResponseMetadata": {"HTTPStatusCode": refused.status},
+            }
+            error = ClientError(answer, "GetObject")  # type: ignore[arg-type]
+            raise translate_client_error(error, bucket=bucket, key=key) from None
+        except (Urllib3Error, OSError) as exc:
+            raise translate_client_error(exc, bucket=bucket, key=key) from None
+        if found.body is not None:
+            return SmallRead(found.size, found.last_modified, found.etag, found.body, None)
+        reader = _AdoptedReader(self.client, bucket, key, found)
+        return SmallRead(found.size, found.last_modified, found.etag, None, reader)
+
+
+@dataclass(frozen=True)
+class SmallRead:
+    """What :meth:`Store.get_small` read: ``body`` whole, or ``reader`` streaming it."""
+
+    size: int
+    last_modified: datetime
+    etag: str
+    body: bytes | None
+    reader: ObjectReader | None
+
+
+class _AdoptedReader(ObjectReader):
+    """An :class:`ObjectReader` over a lean GET's live answer (resumed like any other)."""
+
+    def __init__(self, client: Any, bucket: str, key: str, found: SmallObject) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.key = key
+        self.size = found.size
+        self.last_modified = found.last_modified
+        self.etag = found.etag
+        self.version_id = found.version_id
+        self._body = found.stream
+        self.position = 0
+        self.resumptions = 0
+
+
+_GETTERS: weakref.WeakKeyDictionary[Any, SmallGetter | None] = weakref.WeakKeyDictionary()
+_GETTERS_LOCK = threading.Lock()
+
+
+def _small_getter(client: Any) -> SmallGetter | None:
+    """The lean GET pool of a boto3 client (one per client, made on first use)."""
+    with _GETTERS_LOCK:
+        try:
+            return _GETTERS[client]
+        except KeyError:
+            getter = _GETTERS[client] = _lean_getter(client)
+            return getter
+
+
+def _lean_getter(client: Any) -> SmallGetter | None:
+    """A :class:`SmallGetter` on a boto3 client's endpoint, credentials (the very object its
+    signer uses, refreshed as it is), region, timeouts, retry count and CA bundle; None where
+    the lean path may not go (no endpoint URL, a proxy setting, no credentials)."""
+    meta = client.meta
+    if not usable_for(meta.endpoint_url):
+        return None
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if credentials is None:
+        return None
+    config = meta.config
+    bundle = get_cert_path(True)
+    return SmallGetter(
+        meta.endpoint_url,
+        credentials,
+        meta.region_name,
+        connections=config.max_pool_connections or 10,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        attempts=total_attempts(config.retries or {}),
+        backoff=_backoff,
+        ca_bundle=bundle if isinstance(bundle, str) else None,
+    )
+
+
+# -- end of small objects (issue 16) ----------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from watcher.pipeline import (
     write_zip,
 )
 from watcher.plan import Entry, Plan
-from watcher.store import CopyRefused, Pinned
+from watcher.store import CopyRefused, Pinned, SmallRead
 
 GiB = 1024 * MiB
 
@@ -229,6 +229,17 @@ class FakeStore:
             raise MissingInput(f"s3://{bucket}/{key} does not exist")
         body = self.objects[key]
         return FakeReader(key, body, self.etag(body), self.on_chunk)
+
+    def get_small(self, bucket: str, key: str, *, max_bytes: int, reserve=None) -> SmallRead:
+        """Store.get_small: one GET, the body whole up to ``max_bytes``, else streaming."""
+        reader = self.open_object(bucket, key)
+        if reader.size > max_bytes:
+            return SmallRead(reader.size, WHEN, reader.etag, None, reader)
+        if reserve is not None:
+            reserve(reader.size)
+        if self.on_chunk is not None:
+            self.on_chunk()
+        return SmallRead(reader.size, WHEN, reader.etag, reader.body, None)
 
     def multipart(self, bucket: str, key: str) -> FakeUpload:
         return FakeUpload(self, key)
