@@ -90,6 +90,7 @@ class ZipSettings:
 class PipelineSettings:
     read_ahead_bytes: int = 32 * 1024 * 1024
     max_parallel_gets: int = 32
+    small_in_flight: int = 128  # small-object GETs in flight (issue 16)
     upload_concurrency: int = 3
     part_size_mib: int = 0
     # server-side assembly and the CRC cache (CONTRACT §11)
@@ -265,6 +266,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "pipeline": {
         "read_ahead_bytes": Key(int, _at_least(1024 * 1024)),
         "max_parallel_gets": Key(int, lambda v: None if 1 <= v <= 256 else "must be 1-256"),
+        "small_in_flight": Key(int, lambda v: None if 1 <= v <= 1024 else "must be 1-1024"),
         "upload_concurrency": Key(int, lambda v: None if 1 <= v <= 64 else "must be 1-64"),
         "part_size_mib": Key(
             int, lambda v: None if v == 0 or 5 <= v <= 5120 else "must be 0 (automatic) or 5-5120"

@@ -118,6 +118,7 @@ def limits_from(settings: Settings) -> PipelineLimits:
     return PipelineLimits(
         read_ahead_bytes=pipeline.read_ahead_bytes,
         max_parallel_gets=pipeline.max_parallel_gets,
+        small_in_flight=pipeline.small_in_flight,
         upload_concurrency=pipeline.upload_concurrency,
         minimum_part=(pipeline.part_size_mib or 8) * MiB,
         copy_min_bytes=pipeline.copy_min_mib * MiB,

@@ -17,8 +17,12 @@ bytes allow, in archive order, by the calling thread (:func:`write_zip`):
   above the store's minimum — or streamed by a pinned GET otherwise. A store that refuses
   ``UploadPartCopy`` gets streaming for the rest of the job; the archive's bytes are the same.
 
-Threads: fetchers (``max_parallel_gets``) GET upcoming small and deflated entries in archive
-order, computing CRC-32 and handing deflated entries in 1 MiB chunks to a
+Threads: fetchers (``small_in_flight``, at least ``max_parallel_gets``) GET upcoming entries in
+archive order. An object of at most :data:`SMALL_BYTES` (or of unknown size) takes one lean GET
+(:meth:`Store.get_small <watcher.store.Store.get_small>`): its body is read whole into budget
+reserved first (2 × size + 4 KiB), CRC'd and compressed by that thread, and handed over as one
+piece; at most ``max_parallel_gets`` fetchers stream bigger members at once, computing CRC-32
+and handing deflated entries in 1 MiB chunks to a
 :class:`~watcher.deflate.DeflatePool` (one thread per core: the one compression seam, so one big
 member uses every core), with all queued bytes under
 ``read_ahead_bytes`` (the entry being written may always queue :data:`HEAD_ALLOWANCE` of its own,
@@ -27,7 +31,9 @@ once; uploaders (``upload_concurrency``, a semaphore on part buffers) send parts
 requests run beside them (:data:`COPY_CONCURRENCY`). Peak memory is about ``read_ahead_bytes +
 2 × HEAD_ALLOWANCE + (upload_concurrency + 1) × part size``, plus the deflate pool's ``2 × cores``
 chunks in flight (each ≤ 2 MiB + 32 KiB) and the ranged spans of one large deflated member
-(``RANGED_PARALLEL × RANGED_SPAN``), whatever the archive's size.
+(``RANGED_PARALLEL × RANGED_SPAN``), whatever the archive's size; small GETs in flight add
+nothing to it (their bodies are in the budget) but their threads and kept connections (about
+0.1 MiB each).
 An archive that fits in its first part is sent with one PutObject; anything larger goes through
 a multipart upload that is aborted on any failure.
 """

@@ -1026,6 +1026,7 @@ class _AdoptedReader(ObjectReader):
         self.resumptions = 0
 
 
+SMALL_POOL = 1024  # the most small GETs a job may have in flight (pipeline.small_in_flight)
 _GETTERS: weakref.WeakKeyDictionary[Any, SmallGetter | None] = weakref.WeakKeyDictionary()
 _GETTERS_LOCK = threading.Lock()
 
@@ -1056,7 +1057,9 @@ def _lean_getter(client: Any) -> SmallGetter | None:
         meta.endpoint_url,
         credentials,
         meta.region_name,
-        connections=config.max_pool_connections or 10,
+        # idle connections kept: as many as there may be small GETs in flight (the pool opens
+        # them only as they are needed)
+        connections=max(config.max_pool_connections or 10, SMALL_POOL),
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         attempts=total_attempts(config.retries or {}),
