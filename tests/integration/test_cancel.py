@@ -34,7 +34,7 @@ def test_cancel_queued_and_running_jobs(s3, s3_server, s3_env, bucket, tmp_path,
         tmp_path / "c.yaml",
         watch={"max_concurrent_jobs": 1},
         http={"enabled": True, "port": port},
-        pipeline={"max_parallel_gets": 1},
+        pipeline={"max_parallel_gets": 1, "small_in_flight": 1},
     )
 
     def cli(*args: str) -> subprocess.CompletedProcess:
