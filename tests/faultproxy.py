@@ -11,7 +11,8 @@ that fires wins:
 
 Kinds: ``status`` (answer ``status`` with an S3 error body instead of forwarding), ``cut``
 (forward, then close the connection after ``after_bytes`` of the response body), ``stall``
-(forward, then sleep ``seconds`` before the body), ``truncate`` (announce the full length, send
+(forward the headers and ``after_bytes`` of the body, then sleep ``seconds`` before the rest: a
+store whose body hangs mid-way), ``truncate`` (announce the full length, send
 ``after_bytes``, then close), ``hang`` (answer nothing for ``seconds``, then close: a store that
 accepts connections and never answers), ``delay`` (sleep ``seconds``, then forward: the request
 reaches the store late), ``late`` (forward, then sleep ``seconds`` before answering anything:
@@ -211,8 +212,10 @@ class FaultProxy:
                     return
                 self.close_connection = True
                 if fault.kind == "stall":
+                    self.wfile.write(data[: fault.after_bytes])
+                    self.wfile.flush()
                     time.sleep(fault.seconds)
-                    self.wfile.write(data)
+                    self.wfile.write(data[fault.after_bytes :])
                     return
                 self.wfile.write(data[: fault.after_bytes])
                 self.wfile.flush()

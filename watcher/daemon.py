@@ -29,8 +29,11 @@ its claim record, which counts the attempts and holds the job back for a backoff
 
 Shutdown is a state, not an exception: the first SIGTERM/SIGINT stops new work and gives running
 jobs ``shutdown_grace_seconds``; after that (or at a second signal) they are cancelled, which
-aborts their uploads, marks their status ``cancelled`` and releases their claims. A job whose
-thread is stuck in a read is cleaned up by its owner instead, and the process exits anyway.
+aborts their uploads, marks their status ``cancelled`` and releases their claims. A cancel cuts
+off the job's reads that hang mid-body (``Store.interrupt_reads``: their sockets are shut down),
+so the job's own thread comes back at once. Only a request that never got an answer at all can
+still hold a thread (until botocore's read timeout): its owner cleans up after it, and the
+process exits anyway.
 """
 
 from __future__ import annotations

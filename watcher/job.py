@@ -66,11 +66,27 @@ class Cancel:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason: str | None = None
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def set(self, reason: str) -> None:
-        if not self._event.is_set():
+        with self._lock:
+            if self._event.is_set():
+                return
             self.reason = reason
             self._event.set()
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the cancelling thread) when the cancellation is set — at once
+        if it already is: e.g. cutting off the job's reads that hang."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -202,6 +218,11 @@ def run_job(
     progress = Progress(files_total=len(manifest.files))
     markers = MarkerWriter(store, info, progress, log=log)
     running.markers = markers
+    if hasattr(store, "interrupt_reads"):
+        # From here on a cancel cuts off the job's reads that hang (Store.interrupt_reads);
+        # before, the job's few small reads end by themselves and a cancelled job still writes
+        # its result marker below.
+        cancel.on_set(store.interrupt_reads)
     log.info("job_started", target=manifest.target, bucket=output, manifest=manifest_key)
     error: JobError | None = None
     try:

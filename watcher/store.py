@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import random
+import socket
 import threading
 import time
 import weakref
@@ -47,6 +48,7 @@ from watcher.b2classes import by_class
 from watcher.errors import (
     AccessDenied,
     InvalidManifest,
+    JobCancelled,
     JobError,
     MissingInput,
     StorageError,
@@ -208,17 +210,82 @@ def _backoff(attempt: int) -> float:
     return min(20.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
 
 
+class Reads:
+    """The response bodies being read through one store view, so that another thread can cut
+    them off (CONTRACT §7.10, §9: shutdown and cancel must not wait on a store that stalls).
+
+    A body whose store sent its headers and then stalls blocks in ``recv()`` until botocore's
+    read timeout (60 s); :meth:`interrupt` shuts the sockets of the bodies being read down,
+    which wakes those reads at once, and from then on every read of this view raises
+    :class:`JobCancelled` instead of being resumed or retried.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bodies: set[Any] = set()
+        self.interrupted = False
+
+    def opened(self, body: Any) -> Any:
+        with self._lock:
+            self._bodies.add(body)
+            interrupted = self.interrupted
+        if interrupted:
+            _cut(body)
+        return body
+
+    def closed(self, body: Any) -> None:
+        with self._lock:
+            self._bodies.discard(body)
+
+    def check(self, where: str) -> None:
+        """Raise :class:`JobCancelled` once interrupted (before a retry, or after a failed read)."""
+        if self.interrupted:
+            raise JobCancelled(f"{where}: the read was interrupted (the job was cancelled)")
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.interrupted = True
+            bodies = list(self._bodies)
+        for body in bodies:
+            _cut(body)
+
+
+def _socket_of(body: Any) -> socket.socket | None:
+    """The socket a botocore ``StreamingBody`` reads from (urllib3 2: its connection's)."""
+    raw = getattr(body, "_raw_stream", None)
+    connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        return sock
+    fp = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(fp, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _cut(body: Any) -> None:
+    """Wake a read blocked on ``body`` (from any thread): shut its socket down."""
+    sock = _socket_of(body)
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
 class ObjectReader:
     """One object's body as chunks; a body that breaks mid-way is resumed with a ranged GET.
 
     The resumption carries ``If-Match`` with the first response's ETag, so an object replaced
-    while we read it fails the job instead of silently mixing two versions into one entry.
+    while we read it fails the job instead of silently mixing two versions into one entry. With
+    ``reads`` (a job's store view), the body can be cut off from another thread (:class:`Reads`).
     """
 
-    def __init__(self, client: Any, bucket: str, key: str) -> None:
+    def __init__(self, client: Any, bucket: str, key: str, reads: Reads | None = None) -> None:
         self._client = client
         self.bucket = bucket
         self.key = key
+        self._reads = reads
         response = self._get()
         self.size: int = response["ContentLength"]
         self.last_modified = response["LastModified"]
@@ -229,10 +296,19 @@ class ObjectReader:
         self.resumptions = 0
 
     def _get(self, **extra: Any) -> dict:
+        self._check()
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=self.key, **extra)
+            response = self._client.get_object(Bucket=self.bucket, Key=self.key, **extra)
         except (ClientError, BotoCoreError) as exc:
+            self._check()
             raise translate_client_error(exc, bucket=self.bucket, key=self.key) from None
+        if self._reads is not None:
+            self._reads.opened(response["Body"])
+        return response
+
+    def _check(self) -> None:
+        if self._reads is not None:
+            self._reads.check(f"s3://{self.bucket}/{self.key}")
 
     def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         attempt = 0
@@ -247,7 +323,8 @@ class ObjectReader:
                 yield chunk
                 continue
             attempt += 1
-            self._body.close()
+            self.close()
+            self._check()
             if attempt > READ_RETRIES:
                 raise StorageError(
                     f"s3://{self.bucket}/{self.key}: reading broke off at byte {self.position} "
@@ -264,6 +341,8 @@ class ObjectReader:
             self._body = response["Body"]
 
     def close(self) -> None:
+        if self._reads is not None:
+            self._reads.closed(self._body)
         self._body.close()
 
     def __enter__(self) -> ObjectReader:
@@ -536,6 +615,15 @@ class Store:
 
         self._count_hook = count
         client.meta.events.register("before-send.s3.*", count)
+        # The bodies read through this store, which interrupt_reads() cuts off: a job's own
+        # view (for_job) has its own, so cancelling one job never touches another's reads.
+        self.reads: Reads | None = None
+
+    def interrupt_reads(self) -> None:
+        """Cut off every body being read through this view, and fail its later reads with
+        :class:`JobCancelled` (a job's cancellation: CONTRACT §7.10)."""
+        if self.reads is not None:
+            self.reads.interrupt()
 
     def for_job(self) -> Store:
         """A view of this store whose requests are counted for one job as well (see
@@ -544,6 +632,7 @@ class Store:
         view.__dict__.update(self.__dict__)
         view._job = _Tally()
         view._tallies = (*self._tallies, view._job)
+        view.reads = Reads()
         view.client = _ScopedClient(self.raw_client, view._tallies)
         return view
 
@@ -652,7 +741,7 @@ class Store:
         self._call("list_objects_v2", bucket=bucket, MaxKeys=1)
 
     def open_object(self, bucket: str, key: str) -> ObjectReader:
-        return ObjectReader(self.client, bucket, key)
+        return ObjectReader(self.client, bucket, key, self.reads)
 
     def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes | None:
         """The whole object, or None when it does not exist; TooLarge past ``max_bytes``."""
@@ -791,18 +880,28 @@ class Store:
         params: dict[str, Any] = {"Key": key}
         if version_id is not None:
             params["VersionId"] = version_id
+        reads = self.reads
+        where = f"s3://{bucket}/{key}"
+        if reads is not None:
+            reads.check(where)
         try:
             response = self._call("get_object", bucket=bucket, key=key, **params)
         except MissingInput:
             return None
         body = response["Body"]
+        if reads is not None:
+            reads.opened(body)
         try:
             if response.get("ContentLength", 0) > max_bytes:
-                raise TooLarge(f"s3://{bucket}/{key} is larger than {max_bytes} bytes")
+                raise TooLarge(f"{where} is larger than {max_bytes} bytes")
             data = body.read()
         except _BODY_ERRORS as exc:
-            raise StorageError(f"s3://{bucket}/{key}: {type(exc).__name__} while reading") from None
+            if reads is not None:
+                reads.check(where)
+            raise StorageError(f"{where}: {type(exc).__name__} while reading") from None
         finally:
+            if reads is not None:
+                reads.closed(body)
             body.close()
         return Fetched(
             key,
@@ -910,7 +1009,10 @@ class Store:
         pinning = {"VersionId": source.version_id} if source.version_id else {}
         pinning["IfMatch"] = source.etag
         position, attempt = start, 0
+        reads, where = self.reads, f"s3://{source.bucket}/{source.key}"
         while position < end:
+            if reads is not None:  # cut off by a cancel (Reads): no retry
+                reads.check(where)
             try:
                 response = self.client.get_object(
                     Bucket=source.bucket,
@@ -927,6 +1029,8 @@ class Store:
                 time.sleep(_backoff(attempt - 1))
                 continue
             body = response["Body"]
+            if reads is not None:
+                reads.opened(body)
             try:
                 while position < end:
                     chunk = body.read(min(chunk_size, end - position))
@@ -938,8 +1042,12 @@ class Store:
             except _BODY_ERRORS:
                 pass
             finally:
+                if reads is not None:
+                    reads.closed(body)
                 body.close()
             if position < end:
+                if reads is not None:
+                    reads.check(where)
                 attempt += 1
                 if attempt > READ_RETRIES:
                     raise StorageError(

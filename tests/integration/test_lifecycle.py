@@ -15,9 +15,10 @@ import zipfile
 from collections import Counter
 
 import pytest
-from conftest import deterministic_bytes, put_objects, verify_zip
+from conftest import SHARED_SECRET, deterministic_bytes, free_port, put_objects, verify_zip
 from daemonproc import list_keys, read_json, wait_until, write_config
 from faultproxy import Fault, FaultProxy
+from test_http import AUTH, _listening, request
 
 PREFIX = "zip-requests/"
 LEASE = 4
@@ -271,22 +272,58 @@ def test_poison_manifests_are_failed_for_good_and_the_others_flow(
 def test_sigterm_with_a_read_that_hangs_exits_within_grace_and_marks_the_job_cancelled(
     s3, bucket, tmp_path, daemons, proxy
 ):
+    """The store sends the headers and 64 KiB of a 3 MiB body, then nothing: the cancellation
+    cuts that read off (the job's own thread comes back and marks it), instead of the process
+    leaving it behind (os._exit) or waiting for botocore's 60 s read timeout."""
     big = deterministic_bytes(12, 9 * 1024 * 1024)
-    put_objects(s3, bucket, {"in/big.bin": big, "in/hang.txt": b"hang"})
-    hang = proxy.add(Fault("stall", method="GET", key=r"/in/hang\.txt$", seconds=600))
+    hang = deterministic_bytes(13, 3 * 1024 * 1024)
+    put_objects(s3, bucket, {"in/big.bin": big, "in/hang.bin": hang})
+    stall = proxy.add(
+        Fault("stall", method="GET", key=r"/in/hang\.bin$", seconds=600, after_bytes=64 * 1024)
+    )
     daemon = daemons(config(tmp_path, zip={"compression": "store"}), endpoint=proxy.endpoint_url)
-    drop(s3, bucket, "h", {"files": ["in/big.bin", "in/hang.txt"], "target": "out/h.zip"})
-    wait_until(lambda: hang.fired and uploads(s3, bucket), 30, "the hanging read and the upload")
+    drop(s3, bucket, "h", {"files": ["in/big.bin", "in/hang.bin"], "target": "out/h.zip"})
+    wait_until(lambda: stall.fired and uploads(s3, bucket), 30, "the hanging read and the upload")
     signalled = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
     assert time.monotonic() - signalled < 3 + 5
+    assert events([daemon], "job_cancelled", reason="shutdown"), "the job's thread never returned"
+    assert not events([daemon], "job_did_not_stop") + events([daemon], "exiting_with_stuck_reads")
     status = status_of(s3, bucket, "out/h.zip")
     assert status["state"] == "failed" and status["error"]["code"] == "cancelled", status
     assert result_of(s3, bucket, "out/h.zip") is None
     assert not uploads(s3, bucket)
     assert f"{PREFIX}h.json" in waiting_manifests(s3, bucket)
     assert not list_keys(s3, bucket, f"{PREFIX}.claims/h"), "the claim was not released"
+
+
+def test_cancel_of_a_job_whose_read_hangs_ends_it_within_ten_seconds(
+    s3, bucket, tmp_path, daemons, proxy
+):
+    """CONTRACT §9: DELETE /jobs/<id> ends a running job within 10 s, even in a stalled body."""
+    put_objects(s3, bucket, {"in/hang.bin": deterministic_bytes(14, 2 * 1024 * 1024)})
+    stall = proxy.add(
+        Fault("stall", method="GET", key=r"/in/hang\.bin$", seconds=600, after_bytes=64 * 1024)
+    )
+    port = free_port()
+    daemon = daemons(
+        config(tmp_path, http={"enabled": True, "port": port}),
+        endpoint=proxy.endpoint_url,
+        env={"SHARED_SECRET": SHARED_SECRET},
+    )
+    wait_until(lambda: _listening(port), 60, "the HTTP server")
+    drop(s3, bucket, "x", {"id": "x", "files": ["in/hang.bin"], "target": "out/x.zip"})
+    wait_until(lambda: stall.fired, 30, "the hanging read")
+    asked = time.monotonic()
+    assert request(port, "DELETE", "/jobs/x", headers=AUTH)[0] == 202
+    result = wait_until(lambda: result_of(s3, bucket, "out/x.zip"), 30, "the result marker")
+    assert time.monotonic() - asked < 10
+    assert result["state"] == "failed" and result["error"]["code"] == "cancelled", result
+    assert "out/x.zip" not in list_keys(s3, bucket, "out/")
+    wait_until(lambda: f"{PREFIX}failed/x.json" in list_keys(s3, bucket, PREFIX), 30, "filing")
+    assert not events([daemon], "job_did_not_stop")
+    assert daemon.proc.poll() is None
 
 
 def test_double_ctrl_c_on_run_cancels_and_leaves_no_running_marker(
