@@ -251,8 +251,9 @@ class Reads:
 
 
 def _socket_of(body: Any) -> socket.socket | None:
-    """The socket a botocore ``StreamingBody`` reads from (urllib3 2: its connection's)."""
-    raw = getattr(body, "_raw_stream", None)
+    """The socket a body reads from: a botocore ``StreamingBody`` (its urllib3 response), a
+    lean GET's stream (``smallget._Stream``), or a urllib3 response itself."""
+    raw = getattr(body, "_raw_stream", None) or getattr(body, "_response", None) or body
     connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
     sock = getattr(connection, "sock", None)
     if isinstance(sock, socket.socket):
@@ -280,6 +281,8 @@ class ObjectReader:
     while we read it fails the job instead of silently mixing two versions into one entry. With
     ``reads`` (a job's store view), the body can be cut off from another thread (:class:`Reads`).
     """
+
+    _reads: Reads | None = None
 
     def __init__(self, client: Any, bucket: str, key: str, reads: Reads | None = None) -> None:
         self._client = client
@@ -1104,6 +1107,9 @@ class Store:
         if found.body is not None:
             return SmallRead(found.size, found.last_modified, found.etag, found.body, None)
         reader = _AdoptedReader(self.client, bucket, key, found)
+        if self.reads is not None:  # cut off by a cancel like any other body (Reads)
+            reader._reads = self.reads
+            self.reads.opened(found.stream)
         return SmallRead(found.size, found.last_modified, found.etag, None, reader)
 
 
