@@ -228,7 +228,6 @@ def run_job(
     try:
         if on_start is not None:
             on_start(job_id, manifest.target, manifest_key)
-        markers.started()
         plan = build_plan(
             manifest,
             lambda p: store.list_objects(settings.buckets.input, p),
@@ -236,6 +235,10 @@ def run_job(
             target_key=manifest.target,
             same_bucket=settings.buckets.input == output,
         )
+        # The first status marker counts the archive's entries, not the manifest's items: a
+        # prefix is listed first (issue 13).
+        progress.files_total = len(plan.entries)
+        markers.started()
         write_zip(
             plan,
             store,
