@@ -44,6 +44,7 @@ import collections
 import hashlib
 import itertools
 import json
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -282,6 +283,18 @@ class _Budget:
 _END = object()
 
 
+def _pinned(reader: ObjectReader) -> Pinned:
+    """The version a GET answered with, as :meth:`Store.pin` would have found it."""
+    return Pinned(
+        reader.bucket,
+        reader.key,
+        reader.size,
+        reader.etag,
+        getattr(reader, "version_id", None),
+        reader.last_modified,
+    )
+
+
 class _Streams:
     """At most ``limit`` entries streamed at once (the rest of the GETs in flight read small
     objects whole). The entry being written — the budget's head — never waits for a slot, so
@@ -327,6 +340,7 @@ class _Fetch:
     method: str = "deflate"
     level: int = 1
     large_stored: bool = False
+    prepared: _Prepared | None = None  # a large stored member's pin and CRC, worked out ahead
     crc: int = 0  # of the raw bytes read so far
     error: BaseException | None = None
 
@@ -359,9 +373,11 @@ class _ReadAhead:
         limit: int,
         cancelled: Callable[[], bool],
         small_in_flight: int = 0,
+        sources: _Sources | None = None,
     ) -> None:
         self.store = store
         self.bucket = bucket
+        self.sources = sources
         self.plan = plan
         self.entries = plan.entries
         self.budget = _Budget(limit)
@@ -393,7 +409,7 @@ class _ReadAhead:
                 return
             by_name = stored_by_name(self.plan.compression, entry.name)
             if by_name and entry.size is not None and entry.size > BUFFER_LIMIT:
-                fetch.method, fetch.large_stored = "store", True
+                self._large_stored(fetch, None)
                 return
             if entry.size is None or entry.size <= min(SMALL_BYTES, BUFFER_LIMIT):
                 self._small(fetch, by_name)
@@ -460,7 +476,7 @@ class _ReadAhead:
             fetch.size = reader.size
             fetch.last_modified = reader.last_modified
             if by_name and reader.size > BUFFER_LIMIT:
-                fetch.method, fetch.large_stored = "store", True
+                self._large_stored(fetch, reader)
                 return
             # a raw chunk and its compressed piece, at the very worst
             reserve = 2 * min(READ_CHUNK, reader.size) + 4096
@@ -470,7 +486,7 @@ class _ReadAhead:
             chunk = next(chunks, b"")
             fetch.method, fetch.level = decide(plan.compression, plan.level, entry.name, chunk)
             if fetch.method == "store" and reader.size > BUFFER_LIMIT:
-                fetch.large_stored = True
+                self._large_stored(fetch, reader)
                 return
             fetch.opened.set()
             if fetch.method == "deflate":
@@ -505,6 +521,15 @@ class _ReadAhead:
             if held:
                 self.budget.release(fetch.index, held)
 
+    def _large_stored(self, fetch: _Fetch, reader: ObjectReader | None) -> None:
+        """Not read here: its pin (from this GET's answer, which saves a HEAD) and its CRC pass
+        go to :class:`_Sources` at once, to run ahead of the writer."""
+        fetch.method, fetch.large_stored = "store", True
+        if self.sources is None:
+            return
+        source = _pinned(reader) if reader is not None and reader.etag else None
+        fetch.prepared = self.sources.prepare(fetch.index, self.bucket, fetch.entry.key, source)
+
     def _ranged(self, reader: ObjectReader, body: Iterator[bytes]) -> Iterator[bytes]:
         """The rest of a large member, in order: its open GET's body up to the end of the first
         span, then ranged GETs of :data:`RANGED_SPAN` bytes, :data:`RANGED_PARALLEL` at once,
@@ -516,14 +541,7 @@ class _ReadAhead:
                 break
             yield chunk
         reader.close()  # the rest comes by ranges
-        source = Pinned(
-            reader.bucket,
-            reader.key,
-            reader.size,
-            reader.etag,
-            getattr(reader, "version_id", None),
-            reader.last_modified,
-        )
+        source = _pinned(reader)
         starts = range(reader.position, reader.size, RANGED_SPAN)
         spans = iter([(at, min(at + RANGED_SPAN, reader.size)) for at in starts])
         stop = threading.Event()
@@ -632,9 +650,34 @@ class CrcCache:
             pass
 
 
+@dataclass
+class _Prepared:
+    """A large stored member's pin and CRC-32, worked out ahead of the writer by :class:`_Sources`:
+    ``done`` is set with ``source`` and ``crc``, or with ``error``."""
+
+    index: int
+    bucket: str
+    key: str
+    source: Pinned | None
+    pinned: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    crc: int = 0
+    error: BaseException | None = None
+    parts: list[int | None] = field(default_factory=list)
+    left: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class _Sources:
     """Large stored members read by ranged GETs of their pinned version: the CRC pass in
-    parallel ranges (CRC-32s combined, or the CRC cache's entry), the streaming path in order."""
+    parallel ranges (CRC-32s combined, or the CRC cache's entry), the streaming path in order.
+
+    The CRC passes run ahead of the writer: the read-ahead hands each large stored member over
+    (:meth:`prepare`) as soon as it knows it, and ``parallel`` readers take the ranges of the
+    earliest member first (a priority queue by archive index), so the readers never idle while
+    the writer places the previous member, and the writer finds CRC-32s ready. Nothing is held
+    in memory but the CRC-32s.
+    """
 
     def __init__(
         self,
@@ -648,31 +691,106 @@ class _Sources:
         self.progress = progress
         self.cancelled = cancelled
         self.cache = cache
-        self.pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="crc")
+        self.closed = False
+        self._tasks: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # ties broken in submission order
+        self._threads = [
+            threading.Thread(target=self._work, name=f"crc_{n}", daemon=True)
+            for n in range(max(1, parallel))
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _crc_range(self, source: Pinned, span: tuple[int, int]) -> int:
-        value = 0
-        for chunk in self.store.read_range(source, *span, chunk_size=CRC_CHUNK):
-            if self.cancelled():
-                raise JobCancelled("the job was cancelled")
-            value = crc32(chunk, value)
-            self.progress.add(bytes_read=len(chunk))
-        return value
+    def _submit(self, prepared: _Prepared, rank: int, task: Callable[[], None]) -> None:
+        self._tasks.put(((prepared.index, rank, next(self._order)), prepared, task))
 
-    def crc(self, source: Pinned) -> int:
+    def _work(self) -> None:
+        while True:
+            _, prepared, task = self._tasks.get()
+            if task is None:
+                return
+            if self.closed or prepared.done.is_set():
+                continue  # the job is over, or the member already failed
+            try:
+                task()
+            except BaseException as exc:  # the writer raises it when it reaches the member
+                with prepared.lock:
+                    prepared.error = prepared.error or exc
+                prepared.done.set()
+
+    def prepare(self, index: int, bucket: str, key: str, source: Pinned | None = None) -> _Prepared:
+        """Start pinning (unless ``source`` is already pinned) and CRC-ing a member."""
+        prepared = _Prepared(index, bucket, key, source)
+        if source is not None:
+            prepared.pinned.set()
+        self._submit(prepared, -1, lambda: self._begin(prepared))
+        return prepared
+
+    def _begin(self, prepared: _Prepared) -> None:
+        if prepared.source is None:
+            prepared.source = self.store.pin(prepared.bucket, prepared.key)
+            prepared.pinned.set()
+        source = prepared.source
         if self.cache is not None:
             cached = self.cache.lookup(self.store, source)
             if cached is not None:
-                return cached
+                prepared.crc = cached
+                prepared.done.set()
+                return
         spans = copy_pieces(0, source.size, CRC_RANGE) if source.size else []
+        if not spans:
+            self._finish(prepared, 0)
+            return
+        prepared.parts, prepared.left = [None] * len(spans), len(spans)
+        for rank, span in enumerate(spans):
+            self._submit(prepared, rank, lambda r=rank, s=span: self._crc_span(prepared, r, s))
+
+    def _crc_span(self, prepared: _Prepared, rank: int, span: tuple[int, int]) -> None:
+        assert prepared.source is not None
         value = 0
-        for (start, end), part in zip(
-            spans, self.pool.map(lambda s: self._crc_range(source, s), spans), strict=True
-        ):
-            value = crc32_combine(value, part, end - start)
+        for chunk in self.store.read_range(prepared.source, *span, chunk_size=CRC_CHUNK):
+            if self.cancelled() or self.closed:
+                raise JobCancelled("the job was cancelled")
+            value = crc32(chunk, value)
+            self.progress.add(bytes_read=len(chunk))
+        with prepared.lock:
+            prepared.parts[rank] = value
+            prepared.left -= 1
+            last = prepared.left == 0
+        if last:
+            spans = copy_pieces(0, prepared.source.size, CRC_RANGE)
+            combined = 0
+            for (start, end), part in zip(spans, prepared.parts, strict=True):
+                assert part is not None
+                combined = crc32_combine(combined, part, end - start)
+            self._finish(prepared, combined)
+
+    def _finish(self, prepared: _Prepared, crc: int) -> None:
+        assert prepared.source is not None
         if self.cache is not None:
-            self.cache.keep(self.store, source, value)
-        return value
+            self.cache.keep(self.store, prepared.source, crc)
+        prepared.crc = crc
+        prepared.done.set()
+
+    def pin(self, prepared: _Prepared) -> Pinned:
+        """The member's pin, as soon as it is known (before its CRC-32)."""
+        while not prepared.pinned.wait(0.5 if not prepared.done.is_set() else 0):
+            if prepared.done.is_set():
+                return self.result(prepared)[0]  # raises the error that kept it unpinned
+            if self.cancelled():
+                raise JobCancelled("the job was cancelled")
+        assert prepared.source is not None
+        return prepared.source
+
+    def result(self, prepared: _Prepared) -> tuple[Pinned, int]:
+        """The member's pin and CRC-32, once its readers are done (their error, if any)."""
+        while not prepared.done.wait(0.5):
+            if self.cancelled():
+                raise JobCancelled("the job was cancelled")
+        if prepared.error is not None:
+            raise prepared.error
+        assert prepared.source is not None
+        return prepared.source, prepared.crc
 
     def chunks(self, source: Pinned, start: int, end: int) -> Iterator[bytes]:
         for chunk in self.store.read_range(source, start, end, chunk_size=READ_CHUNK):
@@ -682,7 +800,11 @@ class _Sources:
             yield chunk
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.closed = True
+        for _ in self._threads:
+            self._tasks.put(((-2, 0, next(self._order)), None, None))
+        for thread in self._threads:
+            thread.join()
 
 
 # -- upload -----------------------------------------------------------------------------------
@@ -723,12 +845,32 @@ class _PartWriter:
         self.part_number = 1
         self.copy_refused = False
         self.copies = 0
+        self.held: int | None = None  # the part number kept for the buffer (:meth:`hold`)
 
     def write(self, data: bytes) -> None:
         self.buffer.append(data)
         self.buffered += len(data)
-        if self.buffered >= part_size(self.known_bytes, self.part_number, self.minimum_part):
+        if self.held is None and self.buffered >= part_size(
+            self.known_bytes, self.part_number, self.minimum_part
+        ):
             self._flush_part()
+
+    def hold(self) -> None:
+        """The bytes buffered now and those written until :meth:`release` become the next part,
+        sent at release; part copies placed meanwhile (:meth:`copy`) come after it. So a copied
+        member's copies start before its CRC-32 is known: only its header waits for it."""
+        self._started()
+        self.held, self.part_number = self.part_number, self.part_number + 1
+
+    def _unhold(self) -> None:
+        """Nothing was placed after the held part: its bytes are ordinary buffered bytes again."""
+        if self.held is not None:
+            self.part_number, self.held = self.held, None
+
+    def release(self) -> None:
+        number, self.held = self.held, None
+        assert number is not None
+        self._flush_part(number)
 
     def _check(self) -> None:
         for future in [f for f in self.futures if f.done()]:
@@ -740,14 +882,15 @@ class _PartWriter:
             self.upload = self.store.multipart(self.bucket, self.key).__enter__()
         return self.upload
 
-    def _flush_part(self) -> None:
+    def _flush_part(self, number: int | None = None) -> None:
         self._check()
         upload = self._started()
         # A slot first, then the join: a waiting part stays in pieces, never in two copies.
         self.slots.acquire()
         body = b"".join(self.buffer)
         self.buffer, self.buffered = [], 0
-        number, self.part_number = self.part_number, self.part_number + 1
+        if number is None:
+            number, self.part_number = self.part_number, self.part_number + 1
         self.futures.append(self.pool.submit(self._send, upload, number, body))
 
     def _send(self, upload: MultipartUpload, number: int, body: bytes) -> None:
@@ -761,11 +904,13 @@ class _PartWriter:
         """Place ``[start, end)`` of ``source`` here by part copies; False, having placed
         nothing, when the store refuses them (then it is never asked again in this job).
 
-        The caller has made the buffered bytes reach the store's minimum (:func:`copy_head`).
+        The caller has made the buffered bytes reach the store's minimum (:func:`copy_head`), or
+        holds them (:meth:`hold`) until they do; a refusal gives the held number back.
         """
         if self.copy_refused:
+            self._unhold()
             return False
-        if self.buffered:
+        if self.held is None and self.buffered:
             self._flush_part()
         upload = self._started()
         piece = max(COPY_PIECE, part_size(self.known_bytes, self.part_number, self.minimum_part))
@@ -776,6 +921,7 @@ class _PartWriter:
                 upload.copy_part(self.part_number, source, start, probe)
             except CopyRefused:
                 self.copy_refused = True
+                self._unhold()
                 return False
             self.part_number += 1
             self.progress.add(bytes_written=probe - start)
@@ -871,7 +1017,7 @@ class _Archive:
         for index, entry in enumerate(self.plan.entries):
             fetch = self.reads.take(index)
             if fetch.large_stored:
-                self._large_stored(entry)
+                self._large_stored(entry, fetch)
             elif fetch.error is not None and fetch.size is None:
                 self._missing(entry, fetch.error)
             elif fetch.method == "store" or (fetch.size or 0) <= BUFFER_LIMIT:
@@ -930,35 +1076,54 @@ class _Archive:
         self._emit(data_descriptor(member, fetch.crc, raw_total, packed))
         self._record(entry.key, member, offset, fetch.crc, raw_total, packed)
 
-    def _large_stored(self, entry: Entry) -> None:
-        """Pinned, CRC'd by ranged reads, then copied server-side or streamed."""
+    def _large_stored(self, entry: Entry, fetch: _Fetch) -> None:
+        """Pinned, CRC'd by ranged reads, then copied server-side or streamed.
+
+        A copied member's part copies are placed as soon as it is pinned — the part that will
+        carry the bytes before it, its header and its head is held back (:meth:`_PartWriter.hold`)
+        — so the store copies while its CRC-32 is still being read; only the header waits.
+        """
+        prepared = fetch.prepared
+        if prepared is None:  # pragma: no cover - the read-ahead always prepares them
+            prepared = self.sources.prepare(-1, self.bucket, entry.key)
         try:
-            source = self.store.pin(self.bucket, entry.key)
-            crc = self.sources.crc(source)
+            source = self.sources.pin(prepared)
         except MissingInput as exc:  # nothing of the member is written yet
             self._missing(entry, exc)
             return
         size = source.size
         modified = clamp_mtime(entry.last_modified or source.last_modified)
-        member = Member(entry.name, modified, STORED, crc, size, size)
-        offset = self.offset
-        self._emit(local_header(member))
-        placed, streamed_crc = 0, 0
-        head = copy_head(self.writer.buffered, size, self.limits.copy_floor)
-        copy = (
+        header = len(local_header(Member(entry.name, modified, STORED, 0, size, size)))
+        head = copy_head(self.writer.buffered + header, size, self.limits.copy_floor)
+        copied = False
+        if (
             self.limits.copy_min_bytes
             and size >= self.limits.copy_min_bytes
             and head is not None
             and not self.writer.copy_refused
-        )
-        if copy:
+        ):
+            assert head is not None
+            self.writer.hold()
+            copied = self.writer.copy(source, head, size)
+        try:
+            _, crc = self.sources.result(prepared)
+        except MissingInput as exc:
+            if copied:  # its copies are placed: it cannot be left out any more
+                raise StorageError(
+                    f"s3://{self.bucket}/{entry.key} disappeared while being read"
+                ) from exc
+            self._missing(entry, exc)
+            return
+        member = Member(entry.name, modified, STORED, crc, size, size)
+        offset = self.offset
+        self._emit(local_header(member))
+        placed, streamed_crc = 0, 0
+        if copied:
             assert head is not None
             streamed_crc = self._stream(source, 0, head, streamed_crc)
-            if self.writer.copy(source, head, size):
-                placed = size
-                self.offset += size - head
-            else:
-                placed = head
+            self.writer.release()
+            self.offset += size - head
+            placed = size
         if placed < size:
             streamed_crc = self._stream(source, placed, size, streamed_crc)
             if streamed_crc != crc:
@@ -998,6 +1163,9 @@ def write_zip(
         return cancel is not None and cancel.is_set()
 
     progress.files_total = len(plan.entries)
+    sources = _Sources(
+        store, progress, cancelled, min(CRC_PARALLEL, limits.max_parallel_gets), limits.crc_cache
+    )
     reads = _ReadAhead(
         store,
         input_bucket,
@@ -1006,9 +1174,7 @@ def write_zip(
         limit=limits.read_ahead_bytes,
         cancelled=cancelled,
         small_in_flight=limits.small_in_flight,
-    )
-    sources = _Sources(
-        store, progress, cancelled, min(CRC_PARALLEL, limits.max_parallel_gets), limits.crc_cache
+        sources=sources,
     )
     writer = _PartWriter(
         store,

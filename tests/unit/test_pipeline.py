@@ -647,3 +647,34 @@ def test_a_large_deflated_member_replaced_while_read_by_ranges_fails_the_job(mon
         zip_it(store, make_plan([("big.log", "big.log")]))
     assert not store.outputs and all(u.state == "aborted" for u in store.uploads)
     assert not pipeline_threads()
+
+
+def test_a_members_copies_are_placed_before_its_crc_is_known(tmp_path, monkeypatch):
+    """The store copies while the CRC pass reads: the part with the header is held back, not the
+    copies (the server-side ceiling does both at once too)."""
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 512 * 1024)
+    objects = media_objects()
+    store = FakeStore(objects)
+    copying = threading.Event()
+    original_copy, original_read = FakeUpload.copy_part, store.read_range
+    first_reads: dict[str, bool] = {}
+
+    def copy_part(self, number, source, start, end):
+        copying.set()
+        return original_copy(self, number, source, start, end)
+
+    def read_range(source, start, end, *, chunk_size):
+        if source.key == "two.mp4" and start == 0 and "two.mp4" not in first_reads:
+            first_reads["two.mp4"] = copying.wait(10)  # a CRC read of two.mp4 waits for a copy
+        return original_read(source, start, end, chunk_size=chunk_size)
+
+    monkeypatch.setattr(FakeUpload, "copy_part", copy_part)
+    store.read_range = read_range
+    plan = make_plan([("two.mp4", "two.mp4"), ("a.txt", "a.txt"), ("one.mp4", "one.mp4")])
+    zip_it(store, plan, limits=COPYING)
+    verify_zip(saved(store, tmp_path), {k: objects[k] for k in ("two.mp4", "a.txt", "one.mp4")})
+    assert first_reads == {"two.mp4": True}, "the copies waited for the CRC pass"
+    (upload,) = store.uploads
+    sizes = [len(upload.parts[n]) for n in sorted(upload.parts)]
+    assert sorted(upload.parts) == list(range(1, len(sizes) + 1))
+    assert all(size >= COPYING.copy_floor for size in sizes[:-1]), sizes
