@@ -118,6 +118,7 @@ class _Base:
         attempts: int = 1,
         run: str = "",
         lease: float | None = None,
+        parked: bool = False,
     ) -> bytes:
         now = self.clock()
         return json.dumps(
@@ -129,6 +130,9 @@ class _Base:
                 "expires_at": now + (self.lease_seconds if lease is None else lease),
                 "attempts": attempts,
                 "run": run,
+                # Written by park(): the attempt failed. A lease that ran out without it means
+                # the owner died or stalled (a kill, a crash): not a failed attempt (§7.5).
+                "parked": parked,
                 "nonce": uuid.uuid4().hex,  # every write differs, so every ETag does
             }
         ).encode()
@@ -161,7 +165,10 @@ class ConditionalClaimer(_Base):
         document = document if isinstance(document, dict) else {}
         if not self._expired(current, document):
             return None
-        attempts = _int(document.get("attempts"), 0) + 1
+        # The next attempt after a failed one (parked); the same attempt, retaken, when the
+        # owner simply stopped renewing (killed, crashed, partitioned): CONTRACT §7.5 counts
+        # attempts that failed, not daemons that died.
+        attempts = max(1, _int(document.get("attempts"), 1) + (1 if document.get("parked") else 0))
         run = str(document.get("run") or uuid.uuid4().hex)
         body = self._body(manifest_key, 1, attempts=attempts, run=run)
         written = self.store.put_if_match(self.bucket, key, body, current.etag)
@@ -196,7 +203,12 @@ class ConditionalClaimer(_Base):
         backoff before the next attempt (CONTRACT §7.5)."""
         key = claim_base(self.prefix, claim.manifest_key)
         body = self._body(
-            claim.manifest_key, 1, attempts=claim.attempts, run=claim.run, lease=seconds
+            claim.manifest_key,
+            1,
+            attempts=claim.attempts,
+            run=claim.run,
+            lease=seconds,
+            parked=True,
         )
         self.store.put_if_match(self.bucket, key, body, claim.token)
 
@@ -225,28 +237,33 @@ def winner(versions: list[Version]) -> Version:
 
 @dataclass(frozen=True)
 class Generations:
-    """What one listing of ``.claims/<name>/`` says: the newest generation and its heartbeat."""
+    """What one listing of ``.claims/<name>/`` says: the newest generation, its heartbeat, and
+    how many generations ended in a failed attempt (``g-<g>.failed``)."""
 
     newest: int
     heartbeat: datetime | None
+    failures: int = 0
 
 
 def read_generations(keys: list[tuple[str, datetime]], base: str) -> Generations:
-    """Pure: from (key, LastModified) pairs under ``base/``, the newest generation and when it
-    last showed life (its lease, else its claim key)."""
+    """Pure: from (key, LastModified) pairs under ``base/``, the newest generation, when it
+    last showed life (its lease, its failure mark, else its claim key), and the failure marks."""
     newest = 0
     seen: dict[int, datetime] = {}
+    failed: set[int] = set()
     for key, modified in keys:
         name = key[len(base) + 1 :]
         if not name.startswith("g-"):
             continue
-        number = name[2:].removesuffix(".lease")
+        number = name[2:].removesuffix(".lease").removesuffix(".failed")
         if not number.isdigit():
             continue
         generation = int(number)
+        if name.endswith(".failed"):
+            failed.add(generation)
         newest = max(newest, generation)
         seen[generation] = max(seen.get(generation, modified), modified)
-    return Generations(newest, seen.get(newest))
+    return Generations(newest, seen.get(newest), len(failed))
 
 
 class VersionsClaimer(_Base):
@@ -299,9 +316,12 @@ class VersionsClaimer(_Base):
         ]
         if not versions or winner(versions).version_id != mine:
             return None
-        # Generations restart at 1 after a release, so the generation counts the attempts; the
-        # manifest's own VersionId tells drops apart (run stays "").
-        claim = Claim(manifest_key, self.owner, generation, mine, 0.0, attempts=generation)
+        # Generations restart at 1 after a release; a generation whose attempt failed left a
+        # failure mark (park), so those count the attempts — a generation whose owner was
+        # killed does not (CONTRACT §7.5). The manifest's own VersionId tells drops apart (run
+        # stays "").
+        attempts = generations.failures + 1
+        claim = Claim(manifest_key, self.owner, generation, mine, 0.0, attempts=attempts)
         return self._heartbeat(claim)
 
     def _heartbeat(self, claim: Claim) -> Claim:
@@ -320,8 +340,11 @@ class VersionsClaimer(_Base):
         return self._heartbeat(claim)
 
     def park(self, claim: Claim, seconds: float) -> None:
-        """Nothing to write: the claim is left to expire after ``lease_seconds`` (the backoff in
-        this mode), and the next taker's generation counts the attempt."""
+        """Mark the generation failed (``g-<g>.failed``, which the next taker counts) and leave
+        the claim to expire ``lease_seconds`` after that mark (the backoff in this mode)."""
+        key = self._gen_key(claim.manifest_key, claim.generation) + ".failed"
+        body = self._body(claim.manifest_key, claim.generation, attempts=claim.attempts)
+        self.store.put(self.bucket, key, body, content_type="application/json")
 
     def release(self, claim: Claim) -> None:
         """Delete every version of this manifest's claim objects (B2 would keep them forever)."""

@@ -15,7 +15,14 @@ import zipfile
 from collections import Counter
 
 import pytest
-from conftest import SHARED_SECRET, deterministic_bytes, free_port, put_objects, verify_zip
+from conftest import (
+    SHARED_SECRET,
+    both_servers,
+    deterministic_bytes,
+    free_port,
+    put_objects,
+    verify_zip,
+)
 from daemonproc import list_keys, read_json, wait_until, write_config
 from faultproxy import Fault, FaultProxy
 from test_http import AUTH, _listening, request
@@ -152,6 +159,29 @@ def test_sigkill_between_result_marker_and_filing_files_without_running_again(
     assert not events([second], "job_started")
     assert_marker_matches_zip(s3, bucket, "out/k.zip", tmp_path, {"in/a.txt": b"alpha"})
     assert second.proc.poll() is None
+
+
+@both_servers
+def test_sigkilled_runs_are_not_failed_attempts(s3, bucket, tmp_path, daemons, proxy):
+    """§7.5 counts attempts that failed on infrastructure: with ``max_attempts: 1``, a job whose
+    daemon is SIGKILLed twice mid-run is retaken each time and succeeds, never failed for good."""
+    put_objects(s3, bucket, {"in/a.txt": b"alpha"})
+    conf = config(tmp_path, watch={"max_attempts": 1, "coordination": "auto"})
+    drop(s3, bucket, "k", {"id": "k", "files": ["in/a.txt"], "target": "out/k.zip"})
+    for round_ in range(2):
+        hold = proxy.add(Fault("hold", method="GET", key=r"/in/a\.txt$"))
+        victim = daemons(conf, name=f"victim{round_}", endpoint=proxy.endpoint_url)
+        hold.wait_held(timeout=90)
+        victim.kill()
+        hold.release(forward=False)
+        proxy.clear()
+    survivor = daemons(conf, name="survivor")
+    wait_until(lambda: result_of(s3, bucket, "out/k.zip"), 90, "the result marker")
+    assert_marker_matches_zip(s3, bucket, "out/k.zip", tmp_path, {"in/a.txt": b"alpha"})
+    wait_until(lambda: not waiting_manifests(s3, bucket), 30, "the manifest filed")
+    assert f"{PREFIX}done/k.json" in list_keys(s3, bucket, PREFIX)
+    assert not events([survivor], "job_failed_for_good")
+    assert survivor.proc.poll() is None
 
 
 # -- §7.3: fencing -------------------------------------------------------------------------------
