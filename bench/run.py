@@ -476,6 +476,9 @@ def bench_dataset(name: str, server: SeaweedS3, args: argparse.Namespace) -> dic
         limits["raw_copy_mb_s"] = raw_copy(s3, objs)
     if name == "media":
         limits["server_side_mb_s"] = server_side(s3, objs)
+        # the same through the counting proxy every pipeline run goes through (Python, relaying
+        # every byte on these same cores): informational, the target is against the direct one
+        limits["server_side_proxied_mb_s"] = server_side(proxied, objs)
     if name == "mixed":
         limits["compressor"] = compressor_rates(objs)
     runs = 1 if name == "large" and not args.quick else args.runs
@@ -572,13 +575,15 @@ def table(summaries: list[dict]) -> str:
             )
         elif name == "media":
             ceiling = s["limits"]["server_side_mb_s"]
+            proxied = s["limits"].get("server_side_proxied_mb_s")
+            via = f" (through the proxy {proxied:.0f})" if proxied else ""
             copy = s["limits"]["raw_copy_mb_s"]
             cold = s["runs_detail"][0]
             row(
                 name,
                 "input throughput, cold CRC cache",
                 fmt,
-                f"server-side ceiling {ceiling:.0f} / GET→PUT copy {copy:.0f} MB/s",
+                f"server-side ceiling {ceiling:.0f}{via} / GET→PUT copy {copy:.0f} MB/s",
                 f"{inp['median'] / ceiling:.2f} × ceiling, {inp['median'] / copy:.2f} × copy",
                 "≥ 0.8 × ceiling",
                 inp["median"] >= 0.8 * ceiling,

@@ -102,9 +102,9 @@ COPY_PIECE = 64 * MiB
 COPY_CONCURRENCY = 4
 # A large deflated member is read by parallel ranged GETs of RANGED_SPAN bytes, RANGED_PARALLEL
 # at once (held whole until compressed), by at most RANGED_STREAMS members at a time; the others
-# keep their one GET. Bytes held: RANGED_STREAMS × RANGED_PARALLEL × RANGED_SPAN (12 MiB).
-RANGED_SPAN = 4 * MiB
-RANGED_PARALLEL = 3
+# keep their one GET. Bytes held: RANGED_STREAMS × RANGED_PARALLEL × RANGED_SPAN (8 MiB).
+RANGED_SPAN = 2 * MiB
+RANGED_PARALLEL = 4
 RANGED_STREAMS = 1
 RANGED_MIN = BUFFER_LIMIT  # larger than this: a streamed (deflated) member
 SAMPLE_BYTES = 64 * 1024
