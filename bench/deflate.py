@@ -28,6 +28,7 @@ Writes bench/results/deflate.json and deflate.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -282,6 +283,30 @@ def idle_cores(seconds: float = 2.0) -> float:
     return (idle2 - idle) / max(1, total2 - total) * (os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def per_thread() -> Iterator[dict[str, list[float]]]:
+    """{thread name: [chunks, CPU seconds]} of the chunks compressed meanwhile."""
+    counts: dict[str, list[float]] = {}
+    lock = threading.Lock()
+    real = wd.deflate_chunk
+
+    def counted(*args):  # the pool and the deflater look the name up at each call
+        start = time.thread_time()
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                mine = counts.setdefault(threading.current_thread().name, [0, 0.0])
+                mine[0] += 1
+                mine[1] += time.thread_time() - start
+
+    wd.deflate_chunk = counted
+    try:
+        yield counts
+    finally:
+        wd.deflate_chunk = real
+
+
 def scaling(member, size: int, workers: int, repeats: int, wait: float) -> list[dict]:
     """The default level on the member, one core then ``workers``, ``repeats`` times; before
     each pair, wait up to ``wait`` seconds for ``workers`` - 0.3 idle cores."""
@@ -291,10 +316,11 @@ def scaling(member, size: int, workers: int, repeats: int, wait: float) -> list[
             deadline, idle = time.monotonic() + wait, idle_cores()
             while idle < workers - 0.3 and time.monotonic() < deadline:
                 idle = idle_cores()
-            pair = {"idle_before": idle}
+            pair: dict = {"idle_before": idle}
             for cores, use in ((1, None), (workers, pool)):
-                wall, cpu, _ = timed(chunked(DEFAULT_LEVEL, use), [member])
-                pair[cores] = {"mb_s": size / wall / 1e6, "busy": cpu / wall}
+                with per_thread() as threads:
+                    wall, cpu, _ = timed(chunked(DEFAULT_LEVEL, use), [member])
+                pair[cores] = {"mb_s": size / wall / 1e6, "busy": cpu / wall, "threads": threads}
             pair["scale"] = pair[workers]["mb_s"] / pair[1]["mb_s"]
             rows.append(pair)
             print(
@@ -310,13 +336,18 @@ def scaling(member, size: int, workers: int, repeats: int, wait: float) -> list[
 def scaling_table(rows: list[dict], workers: int) -> str:
     lines = [
         f"| pair | idle cores before | 1 core MB/s (CPU s per s) | {workers} cores MB/s "
-        f"(CPU s per s) | scaling |",
-        "| --- | --- | --- | --- | --- |",
+        f"(CPU s per s) | scaling | {workers}-core run: chunks and CPU time by thread |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for n, r in enumerate(rows, 1):
         lines.append(
             f"| {n} | {r['idle_before']:.2f} | {r[1]['mb_s']:.1f} ({r[1]['busy']:.2f}) | "
-            f"{r[workers]['mb_s']:.1f} ({r[workers]['busy']:.2f}) | {r['scale']:.2f}× |"
+            f"{r[workers]['mb_s']:.1f} ({r[workers]['busy']:.2f}) | {r['scale']:.2f}× | "
+            + ", ".join(
+                f"{name}: {n:.0f} chunks, {cpu:.1f} CPU s"
+                for name, (n, cpu) in sorted(r[workers]["threads"].items())
+            )
+            + " |"
         )
     return "\n".join(lines)
 
@@ -466,9 +497,6 @@ def main() -> int:
     if args.scaling_only:
         return scaling_only(args, member_pieces(size, block), size)
     member_levels = [int(n) for n in args.member_levels.split(",")]
-    gil = gil_probe()
-    sample = block[: args.candidate_mib * MiB]
-    tried = candidates(sample, args.candidate_rounds) if args.candidate_mib else []
     load_before = os.getloadavg()
     reset_peak_rss()  # generating the text peaks far above what compressing it takes
     rows = workload("member", [member_pieces(size, block)], size, member_levels, args.workers)
@@ -477,7 +505,10 @@ def main() -> int:
     pairs = scaling(
         member_pieces(size, block), size, args.workers, args.scaling_repeats, args.wait_idle
     )
-    del block
+    sample = block[: args.candidate_mib * MiB]  # after the member: its RSS is the member's alone
+    tried = candidates(sample, args.candidate_rounds) if args.candidate_mib else []
+    del block, sample
+    gil = gil_probe()
 
     texts, total = [], 0
     for obj in dataset("mixed", False):
