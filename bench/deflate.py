@@ -23,6 +23,8 @@ Writes bench/results/deflate.json and deflate.md.
 
     python -m bench.deflate [--levels 0,1,2,3,4,5,6,7,8,9] [--member-mib 512]
                             [--member-levels 1,6] [--text-mib 128] [--candidate-mib 32]
+                            [--candidate-rounds 3] [--scaling-repeats 3] [--wait-idle 30]
+                            [--scaling-only]
 """
 
 from __future__ import annotations
@@ -481,7 +483,7 @@ def main() -> int:
     parser.add_argument("--candidate-mib", type=int, default=32, help="0: no candidates")
     parser.add_argument("--candidate-rounds", type=int, default=3, help="best of, per candidate")
     parser.add_argument("--scaling-repeats", type=int, default=3, help="0: no scaling pairs")
-    parser.add_argument("--wait-idle", type=float, default=120, help="seconds, per pair")
+    parser.add_argument("--wait-idle", type=float, default=30, help="seconds, per pair")
     parser.add_argument(
         "--scaling-only",
         action="store_true",
