@@ -235,11 +235,23 @@ def check_target(target: object, *, requests_prefix: str) -> str:
     return target
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_forms(host: str, port: int) -> set[str]:
+    """The ways ``notify.allowed_hosts`` may name ``host`` reached on ``port`` (pure): the host
+    alone (any port) or ``host:port``; an IPv6 literal as ``[addr]`` (``urlsplit`` drops the
+    brackets that config entries carry)."""
+    name = f"[{host}]" if ":" in host else host
+    return {name, f"{name}:{port}"}
+
+
 def check_notify_url(url: object, allowed_hosts: Collection[str]) -> str:
     """The manifest's ``notify_url`` when its host is in ``notify.allowed_hosts`` (CONTRACT §9).
 
-    An entry is a host name (any port) or ``host:port``, compared without regard to case. The
-    message names the host, never the URL: its path or query may carry a token.
+    An entry is a host name (any port) or ``host:port``, compared without regard to case; a URL
+    without a port has its scheme's (80, 443). The message names the host, never the URL: its
+    path or query may carry a token.
     """
     if not isinstance(url, str):
         raise InvalidManifest(f"notify_url: must be a string, not {type(url).__name__}")
@@ -254,7 +266,7 @@ def check_notify_url(url: object, allowed_hosts: Collection[str]) -> str:
         raise InvalidManifest("notify_url: must not carry user info (user@host)")
     host = parts.hostname.lower()
     allowed = {entry.lower() for entry in allowed_hosts}
-    if host not in allowed and (port is None or f"{host}:{port}" not in allowed):
+    if not allowed & host_forms(host, port or DEFAULT_PORTS[parts.scheme]):
         listed = "none allowed" if not allowed else "allowed: " + ", ".join(sorted(allowed))
         raise InvalidManifest(
             f"notify_url: the host {host!r} is not in notify.allowed_hosts ({listed})"

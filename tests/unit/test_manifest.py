@@ -525,3 +525,28 @@ def test_a_notify_url_is_accepted_only_for_an_allowed_host():
         assert info.value.message.startswith("notify_url: "), info.value.message
         assert needle in info.value.message, info.value.message
         assert "token=t" not in info.value.message, "a callback URL may carry a token"
+
+
+def test_notify_hosts_match_ipv6_literals_and_the_schemes_default_port():
+    """``[::1]:8080`` in ``notify.allowed_hosts`` (config accepts it) allows ``http://[::1]:8080/``;
+    ``host:443`` allows ``https://host/`` whose port is implied, and not ``http://host/``."""
+
+    def parse_with(hosts: tuple[str, ...], url: str) -> object:
+        raw = json.dumps(ok(notify_url=url)).encode()
+        return parse_manifest(raw, requests_prefix=PREFIX, notify_hosts=hosts)
+
+    for hosts, url in [
+        (("[::1]:8080",), "http://[::1]:8080/hook"),
+        (("[::1]",), "http://[::1]:8080/hook"),
+        (("[::1]:80",), "http://[::1]/hook"),
+        (("hooks.example.com:443",), "https://hooks.example.com/hook"),
+        (("hooks.example.com:80",), "http://hooks.example.com/hook"),
+    ]:
+        assert parse_with(hosts, url).notify_url == url
+    for hosts, url in [
+        (("[::1]:8080",), "http://[::1]:9090/hook"),
+        (("[::2]",), "http://[::1]/hook"),
+        (("hooks.example.com:443",), "http://hooks.example.com/hook"),
+    ]:
+        with pytest.raises(InvalidManifest, match="is not in notify.allowed_hosts"):
+            parse_with(hosts, url)
