@@ -484,6 +484,7 @@ def main() -> int:
     parser.add_argument("--candidate-rounds", type=int, default=3, help="best of, per candidate")
     parser.add_argument("--scaling-repeats", type=int, default=3, help="0: no scaling pairs")
     parser.add_argument("--wait-idle", type=float, default=30, help="seconds, per pair")
+    parser.add_argument("--out", default="deflate", help="bench/results/OUT.md and .json")
     parser.add_argument(
         "--scaling-only",
         action="store_true",
@@ -518,7 +519,8 @@ def main() -> int:
             body = text_bytes(obj.seed, min(obj.size, args.text_mib * MiB - total))
             texts.append(member_pieces(len(body), body))
             total += len(body)
-    rows += workload("mixed-text", texts, total, levels, args.workers)
+    if total:
+        rows += workload("mixed-text", texts, total, levels, args.workers)
 
     load = os.getloadavg()
     command = (
@@ -526,7 +528,7 @@ def main() -> int:
         f"--member-levels {args.member_levels} "
         f"--text-mib {args.text_mib} --workers {args.workers} --candidate-mib {args.candidate_mib} "
         f"--candidate-rounds {args.candidate_rounds} --scaling-repeats {args.scaling_repeats} "
-        f"--wait-idle {args.wait_idle:g}"
+        f"--wait-idle {args.wait_idle:g}" + (f" --out {args.out}" if args.out != "deflate" else "")
     )
     report = (
         f"# Deflate levels\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
@@ -552,13 +554,13 @@ def main() -> int:
         f"## The GIL\n\n{gil_table(gil)}\n"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "deflate.json").write_text(
+    (RESULTS / f"{args.out}.json").write_text(
         json.dumps(
             {"rows": rows, "rss_mib": rss_mib, "candidates": tried, "gil": gil, "scaling": pairs},
             indent=2,
         )
     )
-    (RESULTS / "deflate.md").write_text(report)
+    (RESULTS / f"{args.out}.md").write_text(report)
     print(report)
     return 0
 
