@@ -32,7 +32,10 @@ WORK = ROOT / "bench" / "work" / "profile"
 AREAS = [  # (area, pattern on "file:line(function)"), first match wins
     ("startup: imports", r"importlib|<frozen"),
     ("deflate + CRC", r"watcher/deflate\.py|isal|zlib_ng|crc32|compress"),
-    ("botocore: SigV4 signing", r"botocore/auth\.py|botocore/signers\.py|hmac|hashlib"),
+    (
+        "SigV4 signing (botocore's, or the lean GET's)",
+        r"botocore/auth\.py|botocore/signers\.py|hmac|hashlib|smallget\.py:\d+\((headers|_signing)",
+    ),
     ("botocore: response parsing", r"botocore/parsers\.py|botocore/response\.py|dateutil"),
     (
         "botocore: request build/headers",
@@ -50,6 +53,7 @@ AREAS = [  # (area, pattern on "file:line(function)"), first match wins
     ("markers / json", r"watcher/markers\.py|json/"),
     ("logging", r"structlog|logging/|watcher/logs\.py"),
     ("pipeline", r"watcher/pipeline\.py"),
+    ("lean GET (smallget)", r"watcher/smallget\.py"),
     ("store edge", r"watcher/store\.py"),
     ("threads / locks", r"threading\.py|queue\.py|concurrent/futures|acquire|release|_thread"),
 ]

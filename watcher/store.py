@@ -41,7 +41,6 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 from botocore.httpsession import get_cert_path
-from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ProtocolError
 
 from watcher.b2classes import by_class
@@ -1102,7 +1101,7 @@ class Store:
             }
             error = ClientError(answer, "GetObject")  # type: ignore[arg-type]
             raise translate_client_error(error, bucket=bucket, key=key) from None
-        except (Urllib3Error, OSError) as exc:
+        except OSError as exc:  # resets, timeouts, TLS, a body cut short: the attempts are spent
             raise translate_client_error(exc, bucket=bucket, key=key) from None
         if found.body is not None:
             return SmallRead(found.size, found.last_modified, found.etag, found.body, None)
