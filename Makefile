@@ -32,6 +32,7 @@ DATASETS ?= small,mixed,large,media
 RUNS ?= 3
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --datasets $(DATASETS) --runs $(RUNS) $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.many_small $(if $(QUICK),--objects 1000 --runs 1,)
 	$(BIN)/python -m bench.deflate $(if $(QUICK),--member-mib 64 --text-mib 16 --candidate-mib 4 --candidate-rounds 1 --scaling-repeats 1 --wait-idle 0,)
 
 soak: $(STAMP)
