@@ -199,6 +199,17 @@ def s3_env(s3_server: S3Server, bucket: str) -> dict[str, str]:
     }
 
 
+# Keys that need URI encoding (path-style GETs sign the encoded path: SigV4's canonical URI).
+AWKWARD_KEYS = [
+    "plain/a.txt",
+    "with space/and+plus.txt",
+    "per%cent/tilde~/q?mark#hash.txt",
+    "unicodé/日本語/ファイル.txt",
+    "sub//double/slash.txt",
+    "brackets[1]/(x) & y=z;,'!*@$.txt",
+]
+
+
 def put_objects(s3, bucket: str, objects: Mapping[str, bytes]) -> None:
     for key, body in objects.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)

@@ -106,3 +106,16 @@ def log_store_requests(client: Any, log: Any) -> None:
 
     client.meta.events.register("before-parameter-build.s3", before)
     client.meta.events.register("after-call.s3", after)
+
+    def lean(bucket: str, key: str, status: int | None, ms: float, **_: Any) -> None:
+        """The store's lean GETs of small objects (Store.get_small), which bypass botocore."""
+        log.debug(
+            "s3_request",
+            operation="GetObject",
+            bucket=bucket,
+            key=key,
+            status=status,
+            ms=round(ms, 1),
+        )
+
+    client.meta.events.register("lean-request.s3", lean)

@@ -339,17 +339,27 @@ def _reusable(version: bytes, headers: dict[str, str]) -> bool:
     return connection != "close"
 
 
+class _Held:
+    """A connection as a cancel sees it while a whole body is read from it."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, conn: _Conn) -> None:
+        self._connection = conn
+
+
 class _Stream:
-    """A large answer's body, read on from its connection (given back once read to its end)."""
+    """A large answer's body, read on from its connection (given back once read to its end);
+    ``_connection.sock`` is what a cancel shuts down (:func:`watcher.store._socket_of`)."""
 
     def __init__(self, pool: _Pool, conn: _Conn, length: int, reusable: bool) -> None:
         self._pool = pool
-        self._conn: _Conn | None = conn
+        self._connection: _Conn | None = conn
         self._left = length
         self._reusable = reusable
 
     def read(self, n: int) -> bytes:
-        conn = self._conn
+        conn = self._connection
         if conn is None or self._left <= 0:
             return b""
         try:
@@ -361,7 +371,7 @@ class _Stream:
         return data
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._connection = self._connection, None
         if conn is None:
             return
         if self._left == 0 and self._reusable:
@@ -417,6 +427,7 @@ class SmallGetter:
         if parts.hostname and ":" in parts.hostname:  # IPv6 literal
             self.host = f"[{parts.hostname}]" + ("" if port == default_port else f":{port}")
         self.base = parts.path.rstrip("/")
+        self.ca_bundle = ca_bundle
         self.signer = SigV4(credentials, region or "us-east-1")
         self.attempts = max(1, attempts)
         self.backoff = backoff
@@ -432,6 +443,15 @@ class SmallGetter:
             read_timeout=read_timeout,
         )
 
+    @staticmethod
+    def _pause(seconds: float, guard: Any, where: str) -> None:
+        """Back off, in slices a cancel can end (``guard.check``)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.25))
+            if guard is not None:
+                guard.check(where)
+
     def get(
         self,
         bucket: str,
@@ -440,29 +460,42 @@ class SmallGetter:
         max_bytes: int,
         count: Callable[[], None],
         reserve: Callable[[int], None] | None = None,
+        guard: Any = None,
+        on_request: Callable[[int | None, float], None] | None = None,
     ) -> SmallObject:
         """``key`` whole when at most ``max_bytes`` (``reserve(size)`` is called before its body
         is read), else streaming; once the attempts are spent (or at once for a refusal that is
-        not transient) raises :class:`Refused`, or the OS error of the last attempt."""
+        not transient) raises :class:`Refused`, or the OS error of the last attempt.
+
+        ``guard`` (the store view's ``Reads``) can cut the read off from another thread: each
+        connection is registered with it while in use (``opened``/``closed``), and its ``check``
+        runs before every attempt and after every failure, so no retry follows a cancel.
+        ``on_request(status, ms)`` is told of every attempt (status None: no answer)."""
         path = object_path(self.base, bucket, key)
         last: Exception | None = None
         pool = self.pool
+        where = f"s3://{bucket}/{key}"
         for attempt in range(self.attempts):
+            if guard is not None:
+                guard.check(where)
             if attempt:
-                time.sleep(self.backoff(attempt - 1))
+                self._pause(self.backoff(attempt - 1), guard, where)
             count()
             headers = self.signer.headers(self.host, path)
             lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
             request = f"GET {path} HTTP/1.1\r\n{lines}\r\n"
             conn: _Conn | None = None
+            held: _Held | None = None
+            status: int | None = None
+            started = time.monotonic()
             try:
                 conn = pool.take()
+                if guard is not None:
+                    held = guard.opened(_Held(conn))
                 conn.sock.sendall(request.encode("latin-1"))
                 version, status, answer = conn.head()
                 if status != 200:
                     body = conn.error_body(answer)
-                    conn.close()
-                    conn = None
                     code = error_code(body)
                     last = Refused(status, code or str(status))
                     if retryable(status, code):
@@ -491,11 +524,17 @@ class SmallGetter:
                     pool.give_back(conn)
                     conn = None
                 return found
-            except OSError as exc:  # resets, timeouts, TLS failures, BodyBroken
+            except OSError as exc:  # resets, timeouts, TLS failures, BodyBroken, a cancel's cut
                 last = exc
+                if guard is not None:
+                    guard.check(where)
                 continue
             finally:
+                if held is not None:
+                    guard.closed(held)
                 if conn is not None:
                     conn.close()
+                if on_request is not None:
+                    on_request(status, (time.monotonic() - started) * 1000)
         assert last is not None
         raise last

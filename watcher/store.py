@@ -1092,8 +1092,21 @@ class Store:
             for tally in tallies:
                 tally.add("GetObject")
 
+        events = self.raw_client.meta.events
+
+        def told(status: int | None, ms: float) -> None:  # logs.log_store_requests, at DEBUG
+            events.emit(LEAN_REQUEST_EVENT, bucket=bucket, key=key, status=status, ms=ms)
+
         try:
-            found = getter.get(bucket, key, max_bytes=max_bytes, count=count, reserve=reserve)
+            found = getter.get(
+                bucket,
+                key,
+                max_bytes=max_bytes,
+                count=count,
+                reserve=reserve,
+                guard=self.reads,
+                on_request=told,
+            )
         except Refused as refused:
             answer = {
                 "Error": {"Code": refused.code, "Message": ""},
@@ -1139,6 +1152,8 @@ class _AdoptedReader(ObjectReader):
         self.resumptions = 0
 
 
+# Emitted on the client's event system for each lean GET (botocore's hooks do not see them).
+LEAN_REQUEST_EVENT = "lean-request.s3.GetObject"
 SMALL_POOL = 1024  # the most small GETs a job may have in flight (pipeline.small_in_flight)
 _GETTERS: weakref.WeakKeyDictionary[Any, SmallGetter | None] = weakref.WeakKeyDictionary()
 _GETTERS_LOCK = threading.Lock()
@@ -1165,7 +1180,14 @@ def _lean_getter(client: Any) -> SmallGetter | None:
     if credentials is None:
         return None
     config = meta.config
-    bundle = get_cert_path(True)
+    # the client's own TLS verification: a CA bundle path (AWS_CA_BUNDLE, a profile's
+    # ca_bundle, certifi's), else (verify=False or unknown) the full client does the GETs
+    verify = getattr(
+        getattr(getattr(client, "_endpoint", None), "http_session", None), "_verify", True
+    )
+    bundle = get_cert_path(True) if verify is True else verify
+    if meta.endpoint_url.startswith("https:") and not isinstance(bundle, str):
+        return None
     return SmallGetter(
         meta.endpoint_url,
         credentials,

@@ -4,15 +4,17 @@ a many-small job written by the pipeline on it, every ZIP opened and checked."""
 
 from __future__ import annotations
 
+import time
 import zipfile
 
 import pytest
+from conftest import AWKWARD_KEYS as ODD_KEYS
 from conftest import both_servers, deterministic_bytes, put_objects, verify_zip
 from faultproxy import Fault, FaultProxy
 
 from watcher import store as store_module
 from watcher.config import S3Settings
-from watcher.errors import AccessDenied, MissingInput, StorageError
+from watcher.errors import AccessDenied, JobCancelled, MissingInput, StorageError
 from watcher.markers import Progress
 from watcher.pipeline import PipelineLimits, write_zip
 from watcher.plan import Entry, Plan
@@ -20,15 +22,6 @@ from watcher.smallget import usable_for
 from watcher.store import NotImplementedByStore, PreconditionFailed, Store, make_client
 
 MiB = 1024 * 1024
-# Keys that need URI encoding, signed exactly as sent (SigV4 canonical URI).
-ODD_KEYS = [
-    "plain/a.txt",
-    "with space/and+plus.txt",
-    "per%cent/tilde~/q?mark#hash.txt",
-    "unicodé/日本語/ファイル.txt",
-    "sub//double/slash.txt",
-    "brackets[1]/(x) & y=z;,'!*@$.txt",
-]
 
 
 def edge(endpoint: str, **options) -> Store:
@@ -165,6 +158,71 @@ def test_a_bigger_object_streams_from_the_same_answer(s3_server, s3, bucket):
     ranges = [h.get("Range") for h in gets_of(front, "big.bin")]
     assert ranges[0] is None and ranges[1].startswith("bytes=")
     assert len(ranges) == 2
+
+
+@both_servers
+def test_content_encoded_objects_are_read_as_stored(s3_server, s3, bucket):
+    """A GET's body is the object's bytes whatever its Content-Encoding: nothing is decoded
+    (botocore does not decode either), for a whole body and a streamed one."""
+    import gzip
+
+    small = gzip.compress(b"pre-compressed web asset\n" * 500)
+    large = gzip.compress(deterministic_bytes(8, 2 * MiB), compresslevel=1)
+    for key, body in (("site/app.js", small), ("site/bundle.js", large)):
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentEncoding="gzip")
+    store = edge(s3_server.endpoint_url)
+    got = store.get_small(bucket, "site/app.js", max_bytes=MiB)
+    assert got.body == small
+    got = store.get_small(bucket, "site/bundle.js", max_bytes=MiB)
+    with got.reader as reader:
+        assert b"".join(reader.iter_chunks(256 * 1024)) == large
+
+
+def test_a_cancel_cuts_a_stalled_small_body_and_no_retry_follows(proxy, s3, bucket):
+    """CONTRACT §9: a job's cancel must not wait on a store that stalls a small object's body
+    (read timeout 60 s, 9 attempts); interrupt_reads() cuts the read, and nothing is retried."""
+    import threading
+
+    put_objects(s3, bucket, {"stalled.bin": deterministic_bytes(7, 100_000)})
+    stall = proxy.add(Fault("stall", method="GET", path="stalled.bin", seconds=120, times=5))
+    job = edge(proxy.endpoint_url).for_job()
+    outcome: list[BaseException | None] = []
+
+    def fetch() -> None:
+        try:
+            job.get_small(bucket, "stalled.bin", max_bytes=MiB)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome.append(exc)
+
+    reader = threading.Thread(target=fetch, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not stall.fired and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stall.fired == 1
+    time.sleep(0.3)  # the head is in, the body stalls
+    job.interrupt_reads()
+    reader.join(30)  # generous; without the cut it takes minutes
+    assert not reader.is_alive(), "the stalled read was not cut off"
+    assert isinstance(outcome[0], JobCancelled), outcome
+    assert len(gets_of(proxy, "stalled.bin")) == 1, "no retry after a cancel"
+
+
+def test_the_lean_path_takes_the_clients_tls_verification(monkeypatch):
+    """AWS_CA_BUNDLE (a private CA) reaches the lean GETs; verify=False keeps them off."""
+    import boto3
+    import certifi
+
+    monkeypatch.setenv("AWS_CA_BUNDLE", certifi.where())
+    client = make_client(S3Settings("https://s3.example.invalid", "us-east-1"))
+    getter = store_module._lean_getter(client)
+    assert getter is not None and getter.ca_bundle == certifi.where()
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    unverified = boto3.client(
+        "s3", endpoint_url="https://s3.example.invalid", region_name="us-east-1", verify=False
+    )
+    assert store_module._lean_getter(unverified) is None
 
 
 def test_the_lean_path_does_not_go_through_a_proxy_setting(monkeypatch):

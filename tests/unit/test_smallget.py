@@ -12,6 +12,7 @@ import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from conftest import AWKWARD_KEYS as KEYS
 
 from watcher.pipeline import decide, pack_whole
 from watcher.smallget import (
@@ -23,15 +24,6 @@ from watcher.smallget import (
     retryable,
     total_attempts,
 )
-
-KEYS = [
-    "plain/a.txt",
-    "with space/and+plus.txt",
-    "per%cent/tilde~/q?mark#hash.txt",
-    "unicodé/日本語/ファイル.txt",
-    "sub//double/slash.txt",
-    "brackets[1]/(x) & y=z;,'!*@$.txt",
-]
 
 
 def botocore_signature(creds: Credentials, region: str, host: str, path: str, stamp: str):
