@@ -333,12 +333,19 @@ def request_class(shape: str) -> str:
 
 
 def request_budget(name: str, objs: list[Obj], parts: int) -> int:
-    """Requests a job may need: one GET per input, its parts, 10 for listings and markers; and
+    """Requests a job may need: one GET per input, its parts, 10 for listings and markers; per
+    large deflated input (text over 8 MiB) a ranged GET per 2 MiB after its first 2 MiB; and
     per large stored input (random bytes over 8 MiB) one HEAD, a ranged GET per 32 MiB for its
     CRC-32 and one for its head — plus, with the CRC cache (media), one lookup and one write."""
     large = [o for o in objs if o.kind == "random" and o.size > 8 * MiB]
     cache = 2 if name == "media" else 0
-    return len(objs) + parts + 10 + sum(-(-o.size // (32 * MiB)) + 2 + cache for o in large)
+    # a large deflated input may be read by 2 MiB ranged GETs after its first 2 MiB
+    ranged = sum(
+        -(-(o.size - 2 * MiB) // (2 * MiB)) for o in objs if o.kind == "text" and o.size > 8 * MiB
+    )
+    return (
+        len(objs) + parts + 10 + ranged + sum(-(-o.size // (32 * MiB)) + 2 + cache for o in large)
+    )
 
 
 def compressor_rates(objs: list[Obj]) -> dict:
@@ -650,7 +657,8 @@ def table(summaries: list[dict]) -> str:
             name,
             "storage requests",
             f"{s['requests_total']} ({refreshes} status refreshes)",
-            f"inputs + parts + 10 (+ large stored: HEAD, CRC, head) = {s['request_budget']}",
+            f"inputs + parts + 10 (+ large deflated: 2 MiB ranges; large stored: HEAD, CRC, head)"
+            f" = {s['request_budget']}",
             "",
             "≤ budget, besides the status refreshes the contract asks for (≥ 1 per 10 s)",
             s["requests_total"] - refreshes <= s["request_budget"] and refreshes <= allowed,
