@@ -10,11 +10,13 @@ bytes allow, in archive order, by the calling thread (:func:`write_zip`):
   them, then a data descriptor (ZIP64 only for a member that may reach 4 GiB). Their bytes come
   by parallel ranged GETs pinned to the version the first GET answered with (one such member at
   a time; the others keep their single GET);
-* **large stored** members are never read by the read-ahead. Their version is pinned (one HEAD),
-  their CRC-32 comes from parallel ranged GETs combined with ``crc32_combine`` (or from the CRC
-  cache), and then their bytes are placed **server-side** with ``UploadPartCopy`` when they are
-  at least ``copy_min_bytes`` — only a few MiB at their head are uploaded, to keep every part
-  above the store's minimum — or streamed by a pinned GET otherwise. A store that refuses
+* **large stored** members are never read by the read-ahead. Their version is pinned (by the
+  read-ahead's GET that found their size, else one HEAD), their CRC-32 comes from parallel
+  ranged GETs combined with ``crc32_combine`` (or from the CRC cache), worked out ahead of the
+  writer, and their bytes are placed **server-side** with ``UploadPartCopy`` when they are at
+  least ``copy_min_bytes`` — the copies start once the member is pinned; only a few MiB at its
+  head are uploaded, with its header, in a part held back until the CRC-32 is in, to keep every
+  part above the store's minimum — or streamed by a pinned GET otherwise. A store that refuses
   ``UploadPartCopy`` gets streaming for the rest of the job; the archive's bytes are the same.
 
 Threads: fetchers (``small_in_flight``, at least ``max_parallel_gets``) GET upcoming entries in
@@ -22,18 +24,18 @@ archive order. An object of at most :data:`SMALL_BYTES` (or of unknown size) tak
 (:meth:`Store.get_small <watcher.store.Store.get_small>`): its body is read whole into budget
 reserved first (2 × size + 4 KiB), CRC'd and compressed by that thread, and handed over as one
 piece; at most ``max_parallel_gets`` fetchers stream bigger members at once, computing CRC-32
-and handing deflated entries in 1 MiB chunks to a
-:class:`~watcher.deflate.DeflatePool` (one thread per core: the one compression seam, so one big
-member uses every core), with all queued bytes under
-``read_ahead_bytes`` (the entry being written may always queue :data:`HEAD_ALLOWANCE` of its own,
-so the window cannot deadlock); CRC readers (:data:`CRC_PARALLEL`) read large stored members
-once; uploaders (``upload_concurrency``, a semaphore on part buffers) send parts, and copy
-requests run beside them (:data:`COPY_CONCURRENCY`). Peak memory is about ``read_ahead_bytes +
-2 × HEAD_ALLOWANCE + (upload_concurrency + 1) × part size``, plus the deflate pool's ``2 × cores``
+and handing deflated entries in 1 MiB chunks to a :class:`~watcher.deflate.DeflatePool` (one
+thread per core: the one compression seam, so one big member uses every core), with all queued
+bytes under ``read_ahead_bytes`` (the entry being written may always queue
+:data:`HEAD_ALLOWANCE` of its own, so the window cannot deadlock); CRC readers
+(:data:`CRC_PARALLEL`) read large stored members once, the earliest member's ranges first;
+uploaders (``upload_concurrency``, a semaphore on part buffers) send parts, and copy requests
+run beside them (:data:`COPY_CONCURRENCY`). Peak memory is about ``read_ahead_bytes + 2 ×
+HEAD_ALLOWANCE + (upload_concurrency + 1) × part size``, plus the deflate pool's ``2 × cores``
 chunks in flight (each ≤ 2 MiB + 32 KiB) and the ranged spans of one large deflated member
 (``RANGED_PARALLEL × RANGED_SPAN``), whatever the archive's size; small GETs in flight add
-nothing to it (their bodies are in the budget) but their threads and kept connections (about
-0.1 MiB each).
+nothing to it (their bodies are in the budget) but their threads and kept connections (about 0.1
+MiB each).
 An archive that fits in its first part is sent with one PutObject; anything larger goes through
 a multipart upload that is aborted on any failure.
 """
