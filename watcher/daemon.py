@@ -310,10 +310,14 @@ class Jobs:
         live.cancel.set(CLAIM_LOST)
 
     def fence(self, live: LiveJob, when: str = "fence") -> None:
-        """Confirm the job still owns its claims right before a commit — or before it starts
-        (``when="start"``) — else cancel it (§7.3)."""
+        """Confirm the job still owns its claims right before a commit, else cancel it (§7.3).
+
+        Before the job starts (``when="start"``) only a known loss stops it: a renewal that
+        failed while the lease still runs is shrugged off there as in :meth:`renew_all` (a slow
+        answer must not cost a whole attempt; the fences before each commit still need one)."""
+        confirm = when != "start"
         with live.lock:
-            if not live.claim_lost and not live.released and self._renew(live, confirm=True):
+            if not live.claim_lost and not live.released and self._renew(live, confirm=confirm):
                 return
             if not live.claim_lost:
                 self._lose(live, when)

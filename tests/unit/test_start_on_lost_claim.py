@@ -84,3 +84,30 @@ def test_a_job_whose_claim_was_lost_before_it_started_does_not_start(
     assert len(targets) == 1 == len(claimer.released), "the target's claim is freed at once"
     keys = [o["Key"] for o in store.raw_client.list_objects_v2(Bucket="bkt").get("Contents", [])]
     assert KEY in keys and "out/m.zip" not in keys, "left to the new owner, nothing written"
+
+
+def test_a_slow_renewal_before_the_start_is_no_loss(store, monkeypatch):
+    """Only a known loss stops a start: a renewal that times out while the lease still runs
+    does not cost the attempt (the fences before each commit still need an answer)."""
+    from watcher.errors import StorageError
+
+    settings = from_mapping(
+        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
+    )
+
+    class Slow(Scripted):
+        def renew(self, claim: Claim) -> Claim | None:
+            raise StorageError("claim: ReadTimeoutError")
+
+    claimer = Slow([], renew_during_target=False)
+    claimer.claim = lambda key: Claim(key, "me", 1, "v", time.time() + 30)  # type: ignore[method-assign]
+    daemon = Daemon(settings, store, claimer)
+    started: list = []
+    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: started.append(a))
+    admitted: list = []
+    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
+    try:
+        daemon._perform(admitted[0])
+    except Exception:
+        pass  # the scripted run_job returns no Outcome; only whether it was called matters
+    assert len(started) == 1 and not admitted[0].claim_lost
