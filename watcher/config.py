@@ -90,7 +90,7 @@ class ZipSettings:
 class PipelineSettings:
     read_ahead_bytes: int = 32 * 1024 * 1024
     max_parallel_gets: int = 32
-    small_in_flight: int = 128  # small-object GETs in flight (issue 16)
+    small_in_flight: int = 64  # small-object GETs in flight (issue 16)
     upload_concurrency: int = 3
     part_size_mib: int = 0
     # server-side assembly and the CRC cache (CONTRACT §11)
