@@ -1111,9 +1111,9 @@ class _Archive:
         try:
             _, crc = self.sources.result(prepared)
         except MissingInput as exc:
-            if copied:  # its copies are placed: it cannot be left out any more
-                raise StorageError(
-                    f"s3://{self.bucket}/{entry.key} disappeared while being read"
+            if copied:  # its copies are placed: it cannot be left out any more, even on skip
+                raise MissingInput(
+                    f"s3://{self.bucket}/{entry.key} disappeared while it was being copied"
                 ) from exc
             self._missing(entry, exc)
             return

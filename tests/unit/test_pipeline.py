@@ -678,3 +678,36 @@ def test_a_members_copies_are_placed_before_its_crc_is_known(tmp_path, monkeypat
     sizes = [len(upload.parts[n]) for n in sorted(upload.parts)]
     assert sorted(upload.parts) == list(range(1, len(sizes) + 1))
     assert all(size >= COPYING.copy_floor for size in sizes[:-1]), sizes
+
+
+@pytest.mark.parametrize("missing", ["fail", "skip"])
+def test_a_copied_input_deleted_during_its_crc_pass(missing, monkeypatch):
+    """CONTRACT §4: an input that disappears is ``missing_input`` (not ``storage_error``), also
+    once its part copies are placed. Under ``skip`` it can no longer be left out then (its copies
+    are in the upload): the job fails ``missing_input`` too (README: where the daemon departs
+    from CONTRACT.md). No upload is left and nothing is written."""
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 512 * 1024)
+    store = FakeStore(media_objects())
+    original_copy, original_read = FakeUpload.copy_part, store.read_range
+    copying = threading.Event()
+
+    def copy_part(self, number, source, start, end):
+        copying.set()
+        return original_copy(self, number, source, start, end)
+
+    def read_range(source, start, end, *, chunk_size):
+        if source.key == "two.mp4":  # its CRC pass: the object is deleted once copies are placed
+            assert copying.wait(10), "no part copy was placed"
+            store.objects.pop("two.mp4", None)
+        if source.key not in store.objects:
+            raise MissingInput(f"s3://{source.bucket}/{source.key} does not exist")
+        return original_read(source, start, end, chunk_size=chunk_size)
+
+    monkeypatch.setattr(FakeUpload, "copy_part", copy_part)
+    store.read_range = read_range
+    plan = make_plan([("a.txt", "a.txt"), ("two.mp4", "two.mp4")], missing=missing)
+    with pytest.raises(MissingInput) as info:
+        zip_it(store, plan, limits=COPYING)
+    assert "two.mp4" in info.value.message
+    assert not store.outputs and all(u.state == "aborted" for u in store.uploads)
+    assert not pipeline_threads()
