@@ -95,16 +95,23 @@ CLAIM_WINDOW = 4
 STALE_LISTING_SECONDS = 1.0
 
 
-def pick_batch(candidates: list[Any], free: int, rng: random.Random) -> list[Any]:
-    """Which of ``candidates`` (oldest first) to claim for ``free`` slots (pure but for ``rng``).
+def pick_batch(
+    candidates: list[Any], free: int, rng: random.Random, *, spread: bool = True
+) -> list[Any]:
+    """Which of ``candidates`` (oldest first) to claim for ``free`` slots, oldest first (pure but
+    for ``rng``).
 
-    A random ``free`` of the oldest ``free * CLAIM_WINDOW``: roughly first come, first served,
-    while daemons polling the same backlog mostly go for different manifests instead of all
-    contending for the same oldest ones. The oldest manifest is in every daemon's window until
-    someone takes it, so none waits forever.
+    With ``spread`` (several daemons may share the prefix), a random ``free`` of the oldest
+    ``free * CLAIM_WINDOW``: roughly first come, first served, while daemons polling the same
+    backlog mostly go for different manifests instead of all contending for the same oldest
+    ones. The oldest manifest is in every daemon's window until someone takes it, so none waits
+    forever. Without it (``coordination: single``), strictly the oldest ``free``.
     """
+    if not spread:
+        return candidates[:free]
     window = candidates[: free * CLAIM_WINDOW]
-    return rng.sample(window, min(free, len(window)))
+    chosen = sorted(rng.sample(range(len(window)), min(free, len(window))))
+    return [window[i] for i in chosen]
 
 
 def target_claim_key(prefix: str, bucket: str, target: str) -> str:
@@ -652,7 +659,9 @@ class Daemon:
             candidates = [o for o in candidates if not self.jobs.busy(o.key)]
             if free <= 0 or not candidates:
                 break
-            batch = pick_batch(candidates, free, self._random)
+            batch = pick_batch(
+                candidates, free, self._random, spread=getattr(self.claimer, "mode", "") != "single"
+            )
             for obj, claim in self._claim_all(batch):
                 self.jobs.admit(obj.key, claim, self._start)
             tried.update(o.key for o in batch)

@@ -37,6 +37,18 @@ def test_a_batch_is_free_distinct_picks_among_the_oldest():
     assert pick_batch([], 3, rng) == []
 
 
+def test_a_lone_daemon_starts_its_backlog_in_submission_order():
+    """Issue 13: with ``coordination: single`` there is nobody to spread over, so the oldest go
+    first; with several daemons a batch is still started oldest first within itself."""
+    rng = random.Random(3)
+    backlog = list(range(40))
+    assert pick_batch(backlog, 3, rng, spread=False) == [0, 1, 2]
+    assert pick_batch([7], 3, rng, spread=False) == [7]
+    for _ in range(100):
+        batch = pick_batch(backlog, 4, rng)
+        assert batch == sorted(batch)
+
+
 def test_daemons_on_one_backlog_mostly_pick_different_manifests():
     backlog = list(range(50))
     daemons = [random.Random(seed) for seed in range(3)]
