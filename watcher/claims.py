@@ -335,9 +335,14 @@ class VersionsClaimer(_Base):
         return replace(claim, expires_at=self.clock() + self.lease_seconds)
 
     def renew(self, claim: Claim) -> Claim | None:
-        if self._list(claim.manifest_key)[0].newest != claim.generation:
+        if not self.check(claim):
             return None  # someone found our lease expired and took the job over
         return self._heartbeat(claim)
+
+    def check(self, claim: Claim) -> bool:
+        """Whether ``claim`` is still ours (one LIST, no heartbeat): the daemon's look right
+        before a job starts, where a fresh heartbeat is not needed (its lease was just written)."""
+        return self._list(claim.manifest_key)[0].newest == claim.generation
 
     def park(self, claim: Claim, seconds: float) -> None:
         """Mark the generation failed (``g-<g>.failed``, which the next taker counts) and leave

@@ -276,13 +276,18 @@ class Jobs:
             claims.append(("target_claim", live.target_claim))
         return claims
 
-    def _renew(self, live: LiveJob, *, confirm: bool = False) -> bool:
+    def _renew(self, live: LiveJob, *, confirm: bool = False, look: bool = False) -> bool:
         """Renew the job's claims (holding its lock); False when one of them is lost. A failed
         request is shrugged off while the lease still runs — unless ``confirm``: a commit needs
-        an answer (§7.3)."""
+        an answer (§7.3). With ``look``, a claimer that can tell ownership without renewing
+        (``check``) only looks."""
+        check = getattr(self.claimer, "check", None) if look else None
         for name, claim in self._claims(live):
             try:
-                renewed = self.claimer.renew(claim)
+                if check is not None:  # a look, no heartbeat (versions: a LIST, not LIST + PUT)
+                    renewed = claim if check(claim) else None
+                else:
+                    renewed = self.claimer.renew(claim)
             except WatcherError as exc:
                 if not confirm and time.time() < claim.expires_at - 1.0:
                     self.log.warning("claim_renew_failed", manifest=live.key, error=exc.message)
@@ -322,9 +327,13 @@ class Jobs:
         Before the job starts (``when="start"``) only a known loss stops it: a renewal that
         failed while the lease still runs is shrugged off there as in :meth:`renew_all` (a slow
         answer must not cost a whole attempt; the fences before each commit still need one)."""
-        confirm = when != "start"
+        start = when == "start"
         with live.lock:
-            if not live.claim_lost and not live.released and self._renew(live, confirm=confirm):
+            if (
+                not live.claim_lost
+                and not live.released
+                and self._renew(live, confirm=not start, look=start)
+            ):
                 return
             if not live.claim_lost:
                 self._lose(live, when)

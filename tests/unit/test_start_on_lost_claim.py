@@ -111,3 +111,28 @@ def test_a_slow_renewal_before_the_start_is_no_loss(store, monkeypatch):
     except Exception:
         pass  # the scripted run_job returns no Outcome; only whether it was called matters
     assert len(started) == 1 and not admitted[0].claim_lost
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_before_the_start_a_claimer_that_can_look_only_looks(store, monkeypatch, ours):
+    """versions: the look before the start is one LIST (``check``), not a heartbeat PUT."""
+    settings = from_mapping(
+        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
+    )
+
+    class Looking(Scripted):
+        def check(self, claim: Claim) -> bool:
+            return ours
+
+        def renew(self, claim: Claim) -> Claim | None:
+            raise AssertionError("a heartbeat before the start")
+
+    claimer = Looking([], renew_during_target=False)
+    claimer.claim = lambda key: Claim(key, "me", 1, "v", time.time() + 30)  # type: ignore[method-assign]
+    daemon = Daemon(settings, store, claimer)
+    started: list = []
+    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: started.append(a))
+    admitted: list = []
+    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
+    daemon._perform(admitted[0])
+    assert len(started) == (1 if ours else 0) and admitted[0].claim_lost is not ours
