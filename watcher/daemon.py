@@ -774,11 +774,12 @@ class Daemon:
             error = StorageError(f"gave up after {attempts - 1} attempts")
             self._dead_letter(live, version, error, log, attempts=attempts - 1)
             return None
+        # Claiming, reading and claiming the target took a while (a settle delay each on B2):
+        # confirm the claims now, so a job never starts on a claim already lost — and only then
+        # consume a cancel request, which the claim's new owner needs otherwise.
+        self.jobs.fence(live, "start")
         if self._cancel_check is not None and self._cancel_check(live.job_id):
             live.cancel.set(REQUESTED)
-        # Claiming, reading and claiming the target took a while (a settle delay each on B2):
-        # confirm the claims now, so a job never starts on a claim already lost.
-        self.jobs.fence(live, "start")
         if self.metrics is not None:
             self.metrics.job_started()
         try:

@@ -136,3 +136,26 @@ def test_before_the_start_a_claimer_that_can_look_only_looks(store, monkeypatch,
     assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
     daemon._perform(admitted[0])
     assert len(started) == (1 if ours else 0) and admitted[0].claim_lost is not ours
+
+
+@pytest.mark.parametrize("renew_during_target", [True, False], ids=["noticed", "unnoticed"])
+def test_a_cancel_request_is_not_consumed_by_a_job_whose_claim_was_lost(
+    store, monkeypatch, renew_during_target
+):
+    """Review finding 7: the cancel request of a job is consumed only once its claims are
+    confirmed; a daemon that lost the claim leaves the request to the new owner, which would
+    otherwise run the cancelled job."""
+    settings = from_mapping(
+        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
+    )
+    ref: list = []
+    claimer = Scripted(ref, renew_during_target=renew_during_target)
+    daemon = Daemon(settings, store, claimer)
+    ref.append(daemon)
+    consumed: list[str] = []
+    daemon.set_cancel_check(lambda job_id: consumed.append(job_id) is None)
+    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: pytest.fail("started"))
+    admitted: list = []
+    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
+    daemon._perform(admitted[0])
+    assert consumed == [], "the lost job consumed the cancel request"
