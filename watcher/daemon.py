@@ -357,6 +357,8 @@ class Jobs:
                 # (a target claim kept until its lease ran out would hold the new owner back).
                 if live.target_claim is not None and live.lost_claim == "claim":
                     self._release_claim(live.target_claim)
+                elif live.lost_claim == "target_claim":  # nobody renews the manifest's any more
+                    self._release_claim(live.claim)
                 return
             if live.target_claim is not None:
                 self._release_claim(live.target_claim)

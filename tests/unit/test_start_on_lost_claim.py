@@ -159,3 +159,29 @@ def test_a_cancel_request_is_not_consumed_by_a_job_whose_claim_was_lost(
     assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
     daemon._perform(admitted[0])
     assert consumed == [], "the lost job consumed the cancel request"
+
+
+class TargetLost(Scripted):
+    """Wins both claims; the target's claim is found lost at the start fence."""
+
+    def renew(self, claim: Claim) -> Claim | None:
+        self.renewals += 1
+        return claim if claim.manifest_key == KEY else None
+
+
+def test_a_lost_target_claim_frees_the_manifest_claim_at_once(store, monkeypatch):
+    """Review finding 7b: when the fence finds the *target* claim lost, the manifest's claim
+    (still ours, and renewed by nobody any more) is released at once instead of idling for a
+    whole lease; the lost target claim is left to its new owner."""
+    settings = from_mapping(
+        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
+    )
+    ref: list = []
+    claimer = TargetLost(ref, renew_during_target=False)
+    daemon = Daemon(settings, store, claimer)
+    ref.append(daemon)
+    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: pytest.fail("started"))
+    admitted: list = []
+    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
+    daemon._perform(admitted[0])
+    assert claimer.released == [KEY], claimer.released
