@@ -61,24 +61,35 @@ def store(aws_env):
         yield Store(client)
 
 
-@pytest.mark.parametrize("renew_during_target", [True, False], ids=["noticed", "unnoticed"])
-def test_a_job_whose_claim_was_lost_before_it_started_does_not_start(
-    store, monkeypatch, renew_during_target
-):
+def perform(store, monkeypatch, claimer: Scripted, *, cancel_check=None):
+    """Admit the manifest with ``claimer``'s claim and run the daemon's whole job on it, with
+    ``run_job`` replaced by a recorder: returns (the live job, the run_job calls)."""
     settings = from_mapping(
         {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
     )
-    ref: list = []
-    claimer = Scripted(ref, renew_during_target=renew_during_target)
     daemon = Daemon(settings, store, claimer)
-    ref.append(daemon)
+    claimer.daemon_ref.append(daemon)
+    if cancel_check is not None:
+        daemon.set_cancel_check(cancel_check)
     started: list = []
     monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: started.append(a))
     admitted: list = []
     assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
-    daemon._perform(admitted[0])
+    try:
+        daemon._perform(admitted[0])
+    except Exception:
+        pass  # the recorder returns no Outcome; only whether run_job was called matters
+    return admitted[0], started
+
+
+@pytest.mark.parametrize("renew_during_target", [True, False], ids=["noticed", "unnoticed"])
+def test_a_job_whose_claim_was_lost_before_it_started_does_not_start(
+    store, monkeypatch, renew_during_target
+):
+    claimer = Scripted([], renew_during_target=renew_during_target)
+    live, started = perform(store, monkeypatch, claimer)
     assert started == [], "the job started on a lost claim"
-    assert admitted[0].claim_lost
+    assert live.claim_lost
     assert KEY not in claimer.released, "a lost claim is the new owner's: never released"
     targets = [k for k in claimer.released if "/targets/" in k]
     assert len(targets) == 1 == len(claimer.released), "the target's claim is freed at once"
@@ -91,34 +102,19 @@ def test_a_slow_renewal_before_the_start_is_no_loss(store, monkeypatch):
     does not cost the attempt (the fences before each commit still need an answer)."""
     from watcher.errors import StorageError
 
-    settings = from_mapping(
-        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
-    )
-
     class Slow(Scripted):
         def renew(self, claim: Claim) -> Claim | None:
             raise StorageError("claim: ReadTimeoutError")
 
     claimer = Slow([], renew_during_target=False)
     claimer.claim = lambda key: Claim(key, "me", 1, "v", time.time() + 30)  # type: ignore[method-assign]
-    daemon = Daemon(settings, store, claimer)
-    started: list = []
-    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: started.append(a))
-    admitted: list = []
-    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
-    try:
-        daemon._perform(admitted[0])
-    except Exception:
-        pass  # the scripted run_job returns no Outcome; only whether it was called matters
-    assert len(started) == 1 and not admitted[0].claim_lost
+    live, started = perform(store, monkeypatch, claimer)
+    assert len(started) == 1 and not live.claim_lost
 
 
 @pytest.mark.parametrize("ours", [True, False])
 def test_before_the_start_a_claimer_that_can_look_only_looks(store, monkeypatch, ours):
     """versions: the look before the start is one LIST (``check``), not a heartbeat PUT."""
-    settings = from_mapping(
-        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
-    )
 
     class Looking(Scripted):
         def check(self, claim: Claim) -> bool:
@@ -129,13 +125,8 @@ def test_before_the_start_a_claimer_that_can_look_only_looks(store, monkeypatch,
 
     claimer = Looking([], renew_during_target=False)
     claimer.claim = lambda key: Claim(key, "me", 1, "v", time.time() + 30)  # type: ignore[method-assign]
-    daemon = Daemon(settings, store, claimer)
-    started: list = []
-    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: started.append(a))
-    admitted: list = []
-    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
-    daemon._perform(admitted[0])
-    assert len(started) == (1 if ours else 0) and admitted[0].claim_lost is not ours
+    live, started = perform(store, monkeypatch, claimer)
+    assert len(started) == (1 if ours else 0) and live.claim_lost is not ours
 
 
 @pytest.mark.parametrize("renew_during_target", [True, False], ids=["noticed", "unnoticed"])
@@ -145,19 +136,12 @@ def test_a_cancel_request_is_not_consumed_by_a_job_whose_claim_was_lost(
     """Review finding 7: the cancel request of a job is consumed only once its claims are
     confirmed; a daemon that lost the claim leaves the request to the new owner, which would
     otherwise run the cancelled job."""
-    settings = from_mapping(
-        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
-    )
-    ref: list = []
-    claimer = Scripted(ref, renew_during_target=renew_during_target)
-    daemon = Daemon(settings, store, claimer)
-    ref.append(daemon)
     consumed: list[str] = []
-    daemon.set_cancel_check(lambda job_id: consumed.append(job_id) is None)
-    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: pytest.fail("started"))
-    admitted: list = []
-    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
-    daemon._perform(admitted[0])
+    claimer = Scripted([], renew_during_target=renew_during_target)
+    _, started = perform(
+        store, monkeypatch, claimer, cancel_check=lambda job_id: consumed.append(job_id) is None
+    )
+    assert started == [], "the job started on a lost claim"
     assert consumed == [], "the lost job consumed the cancel request"
 
 
@@ -173,15 +157,7 @@ def test_a_lost_target_claim_frees_the_manifest_claim_at_once(store, monkeypatch
     """Review finding 7b: when the fence finds the *target* claim lost, the manifest's claim
     (still ours, and renewed by nobody any more) is released at once instead of idling for a
     whole lease; the lost target claim is left to its new owner."""
-    settings = from_mapping(
-        {"buckets": {"input": "bkt", "output": "bkt"}, "watch": {"prefix": PREFIX}}, {}
-    )
-    ref: list = []
-    claimer = TargetLost(ref, renew_during_target=False)
-    daemon = Daemon(settings, store, claimer)
-    ref.append(daemon)
-    monkeypatch.setattr(daemon_module, "run_job", lambda *a, **k: pytest.fail("started"))
-    admitted: list = []
-    assert daemon.jobs.admit(KEY, claimer.claim(KEY), admitted.append)
-    daemon._perform(admitted[0])
+    claimer = TargetLost([], renew_during_target=False)
+    _, started = perform(store, monkeypatch, claimer)
+    assert started == [], "the job started on a lost claim"
     assert claimer.released == [KEY], claimer.released
