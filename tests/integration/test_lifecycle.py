@@ -328,6 +328,51 @@ def test_sigterm_with_a_read_that_hangs_exits_within_grace_and_marks_the_job_can
     assert not list_keys(s3, bucket, f"{PREFIX}.claims/h"), "the claim was not released"
 
 
+MUTE = {  # where the store never answers: (mute.bin's MiB, compression, the fault, thread back?)
+    "lean-get": (3, "store", dict(method="GET", key=r"/in/mute\.bin$"), True),
+    "ranged-gets": (12, "deflate", dict(method="GET", key=r"/in/mute\.bin$"), True),
+    "part-upload": (3, "store", dict(method="PUT", path="partNumber=", key=r"/out/m\.zip$"), False),
+}
+
+
+@pytest.mark.parametrize("where", list(MUTE))
+def test_sigterm_with_a_request_never_answered_exits_within_grace_and_marks_the_job_cancelled(
+    s3, bucket, tmp_path, daemons, proxy, where
+):
+    """The store accepts a request and sends nothing, not even headers (no body to cut off): the
+    lean GET of a plain key, the parallel ranged GETs of a large deflated member, a part's
+    upload (botocore waits for its answer up to its 60 s read timeout). The
+    daemon still exits within grace + 5 s, whether the cancellation reaches the waiting request
+    or the daemon gives up on the stuck thread (os._exit after cleaning up for it): the status
+    marker says cancelled, the upload is aborted, the claim released, the manifest left to run
+    again."""
+    big = deterministic_bytes(15, 9 * 1024 * 1024)
+    size_mib, compression, fault, comes_back = MUTE[where]
+    mute = deterministic_bytes(16, size_mib * 1024 * 1024)
+    put_objects(s3, bucket, {"in/big.bin": big, "in/mute.bin": mute})
+    hang = proxy.add(Fault("hang", seconds=600, **fault))
+    daemon = daemons(
+        config(tmp_path, zip={"compression": compression}), endpoint=proxy.endpoint_url
+    )
+    drop(s3, bucket, "m", {"files": ["in/big.bin", "in/mute.bin"], "target": "out/m.zip"})
+    wait_until(lambda: hang.fired and uploads(s3, bucket), 30, "the unanswered GET and the upload")
+    signalled = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert time.monotonic() - signalled < 3 + 5
+    if comes_back:  # the cancellation reached the waiting GET: the job's own thread ended it
+        assert events([daemon], "job_cancelled", reason="shutdown")
+        assert not events([daemon], "exiting_with_stuck_reads")
+    else:  # botocore's wait for an answer cannot be cut: the daemon cleaned up and left
+        assert events([daemon], "job_did_not_stop") and events([daemon], "exiting_with_stuck_reads")
+    status = status_of(s3, bucket, "out/m.zip")
+    assert status["state"] == "failed" and status["error"]["code"] == "cancelled", status
+    assert result_of(s3, bucket, "out/m.zip") is None
+    assert not uploads(s3, bucket)
+    assert f"{PREFIX}m.json" in waiting_manifests(s3, bucket)
+    assert not list_keys(s3, bucket, f"{PREFIX}.claims/m"), "the claim was not released"
+
+
 def test_cancel_of_a_job_whose_read_hangs_ends_it_within_ten_seconds(
     s3, bucket, tmp_path, daemons, proxy
 ):
