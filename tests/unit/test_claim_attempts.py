@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import time
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from watcher.claims import ConditionalClaimer, VersionsClaimer, read_generations
 from watcher.store import Store
@@ -19,12 +17,8 @@ KEY = f"{P}m.json"
 
 
 @pytest.fixture
-def store(aws_env):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="bkt")
-        client.put_bucket_versioning(Bucket="bkt", VersioningConfiguration={"Status": "Enabled"})
-        yield Store(client)
+def store(versioned_bucket):
+    return Store(versioned_bucket)
 
 
 def claimers(store, mode: str, n: int = 3):

@@ -8,9 +8,7 @@ import ast
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from watcher.config import from_mapping
 from watcher.retention import Housekeeping
@@ -21,12 +19,8 @@ OURS = ("done/a.json", "failed/b.json", "failed/b.error.json", ".jobs/j.json", "
 
 
 @pytest.fixture
-def s3(aws_env):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="bkt")
-        client.put_bucket_versioning(Bucket="bkt", VersioningConfiguration={"Status": "Enabled"})
-        yield client
+def s3(versioned_bucket):
+    return versioned_bucket
 
 
 def settings(days: float = 30.0):
