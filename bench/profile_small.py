@@ -1,12 +1,22 @@
 """Where a many-small job's CPU goes: `b2-zip-watcher zip` over N small text objects (the `small`
-dataset: 2-8 KiB each) on moto's server, with one cProfile per thread timed in thread CPU time,
-summed by area (botocore's per-call machinery, HTTP, signing, deflate, framing, ...).
+dataset: 2-8 KiB each), summed by area (botocore's per-call machinery, HTTP, signing, deflate,
+framing, thread hand-offs, ...).
 
     python -m bench.profile_small [--objects 2000]
+    python -m bench.profile_small --server seaweedfs --sampler py-spy --objects 5000 \
+        [--repeat 3] [--before REV]
 
-Profiling inflates every Python call (≈4x here), so read the shares, not the milliseconds; moto
-closes each connection after its response, so connection set-up is over-counted against a store
-that keeps connections alive (SeaweedFS, B2).
+``--sampler cprofile`` (the default, on moto's server): one cProfile per thread timed in thread
+CPU time. Profiling inflates every Python call (≈4x here), so read the shares, not the
+milliseconds; moto closes each connection after its response, so connection set-up is
+over-counted against a store that keeps connections alive (SeaweedFS, B2).
+
+``--sampler py-spy`` (on SeaweedFS, as bench.many_small uses; ``pip install py-spy``): the job
+first runs ``--repeat`` times unprofiled — its CPU ms per object (user and system, from the
+child's rusage), and once over a single object, which is the process's start-up and the job's
+fixed cost — then once under py-spy (sampling from outside, on-CPU samples only), whose samples
+are summed by area from the innermost frame outwards. ``--before REV`` measures git revision
+REV's code the same way, in the same run.
 """
 
 from __future__ import annotations
@@ -118,16 +128,142 @@ def areas(path: str) -> tuple[float, collections.Counter]:
     return total, counts
 
 
+def spy_areas(path: Path) -> tuple[int, collections.Counter]:
+    """py-spy's raw (collapsed) stacks summed by area: the innermost frame that names one, past
+    the generic helpers (as :func:`areas` does with cProfile's callers)."""
+    counts: collections.Counter = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = []
+        for frame in stack.split(";"):
+            func, _, where = frame.rpartition(" (")
+            frames.append(f"{where.rstrip(')')}({func})")
+        total += int(n)
+        hit = "other"
+        for name in reversed(frames):
+            found = next((area for area, rx in AREAS if re.search(rx, name)), None)
+            if found:
+                hit = found
+                break
+            if not re.search(GENERIC, name.split(":")[0]):
+                break
+        counts[hit] += int(n)
+    return total, counts
+
+
+def spy_main(args: argparse.Namespace) -> int:
+    """``--sampler py-spy`` on SeaweedFS: unprofiled CPU per object, start-up, then py-spy."""
+    import resource
+    import shutil
+    import statistics
+
+    from bench.many_small import export
+    from bench.run import BUCKET, client, dataset, upload, verify
+    from bench.servers import ACCESS_KEY, SECRET_KEY, SeaweedS3
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("py-spy is missing: pip install py-spy")
+    here = WORK / "seaweedfs"
+    shutil.rmtree(here, ignore_errors=True)
+    here.mkdir(parents=True)
+    server = SeaweedS3(here / "data").start(client)
+    codes = {"after": ROOT}
+    if args.before:
+        codes[f"before ({args.before})"] = export(args.before)
+    out: list[str] = []
+    try:
+        s3 = client(server.endpoint_url)
+        s3.create_bucket(Bucket=BUCKET)
+        objs = dataset("small", False)[: args.objects]
+        upload(s3, objs)
+        config = here / "config.yaml"
+        config.write_text("logging:\n  format: json\n  level: WARNING\n")
+
+        def zip_job(code: Path, keys: list[str], prefix: list[str]) -> tuple[float, float, int]:
+            manifest = here / "manifest.json"
+            manifest.write_text(json.dumps({"files": keys, "target": "zips/profile.zip"}))
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(code),
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_ENDPOINT_URL": server.endpoint_url,
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "BUCKET_NAME": BUCKET,
+            }
+            command = [*prefix, sys.executable, "-m", "watcher", "zip", str(manifest)]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(
+                command + ["--config", str(config)],
+                env=env,
+                check=True,
+                cwd=here,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            switches = after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw
+            return after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, switches
+
+        keys = [o.key for o in objs]
+        n = len(keys)
+        out.append(
+            f"{n} objects of 2-8 KiB on SeaweedFS, load average {os.getloadavg()[0]:.1f} at the "
+            f"start, {time.strftime('%H:%M UTC', time.gmtime())}"
+        )
+        for label, code in codes.items():
+            runs = [zip_job(code, keys, []) for _ in range(args.repeat)]
+            verify(s3, objs, "zips/profile.zip")
+            one = [zip_job(code, keys[:1], []) for _ in range(args.repeat)]
+            user = statistics.median(r[0] for r in runs)
+            system = statistics.median(r[1] for r in runs)
+            switches = statistics.median(r[2] for r in runs)
+            fixed = statistics.median(r[0] + r[1] for r in one)
+            whole = user + system
+            out.append(
+                f"{label}: CPU {whole / n * 1000:.3f} ms/object (user {user / n * 1000:.3f}, "
+                f"system {system / n * 1000:.3f}; median of {args.repeat}, runs "
+                + ", ".join(f"{(r[0] + r[1]) / n * 1000:.3f}" for r in runs)
+                + f"; {switches / n:.1f} context switches/object); "
+                f"a 1-object job {fixed:.2f} s (start-up and fixed cost) = "
+                f"{fixed / n * 1000:.3f} ms/object, without it {(whole - fixed) / n * 1000:.3f}"
+            )
+            print(out[-1], flush=True)
+            raw = here / f"spy-{len(out)}.txt"
+            zip_job(code, keys, [spy, "record", "-r", "250", "-f", "raw", "-o", str(raw), "--"])
+            total, counts = spy_areas(raw)
+            out.append(f"  py-spy, {total} on-CPU samples at 250 Hz:")
+            for area, count in counts.most_common():
+                out.append(f"  {count / total * 100:5.1f} %  {area}")
+            print("\n".join(out[-len(counts) - 1 :]), flush=True)
+    finally:
+        server.stop()
+    (WORK / "seaweedfs.txt").write_text("\n".join(out) + "\n")
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return profiled_zip(sys.argv[2], sys.argv[3:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=2000)
+    parser.add_argument("--server", choices=("moto", "seaweedfs"), default="moto")
+    parser.add_argument("--sampler", choices=("cprofile", "py-spy"), default="cprofile")
+    parser.add_argument("--repeat", type=int, default=3, help="unprofiled runs (py-spy)")
+    parser.add_argument("--before", default="", help="a git revision to compare with (py-spy)")
+    args = parser.parse_args()
+    if (args.server == "seaweedfs") != (args.sampler == "py-spy"):
+        raise SystemExit("--server seaweedfs goes with --sampler py-spy, moto with cprofile")
+    if args.sampler == "py-spy":
+        return spy_main(args)
     import boto3
 
     from bench.run import body_of, dataset
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objects", type=int, default=2000)
-    args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -122,6 +122,16 @@ class _OneThread:
         return self._deflater.finish()
 
 
+def compress_whole(level: int, data: bytes) -> bytes:
+    """``data``'s whole raw deflate stream in one call, as :func:`compressobj`'s ``compress`` +
+    ``flush`` make it, without a stream object (small members held whole, issue 16)."""
+    name, native = deflate_backend(level)
+    if name == "libdeflate":
+        return bytes(_libdeflate.deflate_compress(data, native))  # type: ignore[union-attr]
+    library = {"isal": _isal, "zlib-ng": _zng}.get(name, zlib)
+    return library.compress(data, native, wbits=-15)  # type: ignore[union-attr]
+
+
 def crc32(data: bytes, value: int = 0) -> int:
     """CRC-32 as zlib computes it (ISA-L's, several times faster, when installed)."""
     return (_isal or zlib).crc32(data, value)

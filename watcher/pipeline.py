@@ -42,6 +42,7 @@ a multipart upload that is aborted on any failure.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import hashlib
 import itertools
@@ -57,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from isal import isal_zlib
 
-from watcher.deflate import ChunkedDeflater, DeflatePool, crc32
+from watcher.deflate import ChunkedDeflater, DeflatePool, compress_whole, crc32
 from watcher.deflate import compressobj as _compressobj
 from watcher.errors import InternalError, JobCancelled, JobError, MissingInput, StorageError
 from watcher.markers import EntryResult, Progress
@@ -209,8 +210,7 @@ def pack_whole(compression: str, level: int, name: str, data: bytes) -> tuple[st
             return "store", 0, data
     elif compression == "auto" and (not data or extension(name) in STORED_EXTENSIONS):
         return "store", 0, data
-    compressor = _compressobj(level)
-    packed = compressor.compress(data) + compressor.flush()
+    packed = compress_whole(level, data)
     if compression == "auto" and len(data) >= 512 and len(packed) > 0.95 * len(data):
         return "store", 0, data
     return "deflate", level, packed
@@ -324,7 +324,35 @@ class _Streams:
                 self._cond.notify()
 
 
-@dataclass
+class _Latch:
+    """A flag set once that threads wait for: :class:`threading.Event` without its Condition,
+    on one bare lock (one per entry: a job of 100,000 small members makes 100,000)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:  # set by the entry's own fetch thread only
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()  # for the next waiter
+            return True
+        return self._set
+
+
+@dataclass(slots=True)
 class _Fetch:
     """One entry as a fetch thread reads it: the pieces to write (raw bytes when stored, deflate
     output when deflated), each with the count of input bytes it stands for.
@@ -335,9 +363,8 @@ class _Fetch:
 
     index: int
     entry: Entry
-    opened: threading.Event = field(default_factory=threading.Event)
-    pieces: collections.deque = field(default_factory=collections.deque)
-    ready: threading.Condition = field(default_factory=threading.Condition)
+    opened: _Latch = field(default_factory=_Latch)
+    pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     size: int | None = None
     last_modified: datetime | None = None
     method: str = "deflate"
@@ -348,17 +375,59 @@ class _Fetch:
     error: BaseException | None = None
 
     def put(self, item: object) -> None:
-        with self.ready:
-            self.pieces.append(item)
-            self.ready.notify()
+        self.pieces.put(item)
 
     def get(self, cancelled: Callable[[], bool]) -> object:
-        with self.ready:
-            while not self.pieces:
-                if cancelled():
-                    raise JobCancelled("the job was cancelled")
-                self.ready.wait(0.5)
-            return self.pieces.popleft()
+        pieces = self.pieces
+        while True:
+            try:
+                return pieces.get(block=False)
+            except queue.Empty:
+                pass
+            if cancelled():
+                raise JobCancelled("the job was cancelled")
+            try:
+                return pieces.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+
+class _Workers:
+    """``count`` threads running ``work(item)`` for each item submitted, in submission order;
+    a bare queue, no Future per item (one item per entry of the archive)."""
+
+    def __init__(self, count: int, name: str, work: Callable[[Any], None]) -> None:
+        self.count = max(1, count)
+        self.name = name
+        self.work = work
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, item: object) -> None:
+        if len(self.threads) < self.count:  # started as items come, up to count
+            thread = threading.Thread(
+                target=self._loop, name=f"{self.name}_{len(self.threads)}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+        self.queue.put(item)
+
+    def _loop(self) -> None:
+        work, items = self.work, self.queue
+        while (item := items.get()) is not _END:
+            work(item)
+
+    def shutdown(self) -> None:
+        """Drop the items not started, wait for those running, end every thread."""
+        while True:
+            try:
+                self.queue.get(block=False)
+            except queue.Empty:
+                break
+        for _ in self.threads:
+            self.queue.put(_END)
+        for thread in self.threads:
+            thread.join()
 
 
 class _ReadAhead:
@@ -388,7 +457,7 @@ class _ReadAhead:
         threads = max(1, parallel, small_in_flight)
         self.window = threads * 4
         self.streams = _Streams(max(1, parallel), self.budget)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="get")
+        self.pool = _Workers(threads, "get", self._run)
         self.deflate_pool = DeflatePool()  # chunks of big members on every core
         self.ranged = threading.BoundedSemaphore(RANGED_STREAMS)
         self.span_pool = ThreadPoolExecutor(
@@ -401,7 +470,7 @@ class _ReadAhead:
         while self.next_to_submit < min(len(self.entries), upto):
             fetch = _Fetch(self.next_to_submit, self.entries[self.next_to_submit])
             self.fetches[fetch.index] = fetch
-            self.pool.submit(self._run, fetch)
+            self.pool.submit(fetch)
             self.next_to_submit += 1
 
     def _run(self, fetch: _Fetch) -> None:
@@ -597,7 +666,7 @@ class _ReadAhead:
 
     def close(self) -> None:
         self.budget.close()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown()
         self.span_pool.shutdown(wait=True, cancel_futures=True)
         self.deflate_pool.close()
 
@@ -849,14 +918,19 @@ class _PartWriter:
         self.copy_refused = False
         self.copies = 0
         self.held: int | None = None  # the part number kept for the buffer (:meth:`hold`)
+        self._sized = (0, 0)  # (part number, its part_size), for write()
 
     def write(self, data: bytes) -> None:
         self.buffer.append(data)
         self.buffered += len(data)
-        if self.held is None and self.buffered >= part_size(
-            self.known_bytes, self.part_number, self.minimum_part
-        ):
-            self._flush_part()
+        if self.held is None:
+            number, size = self._sized  # part_size of the part being filled, kept
+            if number != self.part_number:
+                number = self.part_number
+                size = part_size(self.known_bytes, number, self.minimum_part)
+                self._sized = (number, size)
+            if self.buffered >= size:
+                self._flush_part()
 
     def hold(self) -> None:
         """The bytes buffered now and those written until :meth:`release` become the next part,

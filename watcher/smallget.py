@@ -89,6 +89,10 @@ class SmallObject:
     version_id: str | None = None
 
 
+_NAMES = "host;x-amz-content-sha256;x-amz-date"
+_NAMES_TOKEN = _NAMES + ";x-amz-security-token"
+
+
 class SigV4:
     """AWS Signature Version 4 for S3 GETs with an empty body, as botocore's ``S3SigV4Auth``
     computes it (tests check the two agree), with the day's signing key kept."""
@@ -98,6 +102,7 @@ class SigV4:
         self.region = region
         self.service = service
         self._key: tuple[str, str, bytes] | None = None  # (secret, day, signing key)
+        self._stamp: tuple[int, str] = (-1, "")
 
     def _signing_key(self, secret: str, day: str) -> bytes:
         cached = self._key
@@ -112,29 +117,28 @@ class SigV4:
     def headers(self, host: str, path: str, now: float | None = None) -> dict[str, str]:
         """The headers of ``GET path`` (already URI-encoded) on ``host``, signed."""
         creds = self.credentials.get_frozen_credentials()
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        second = int(time.time() if now is None else now)
+        stamped = self._stamp  # (second, its x-amz-date): thousands of requests share a second
+        if stamped[0] != second:
+            stamped = self._stamp = (second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second)))
+        stamp = stamped[1]
         day = stamp[:8]
-        headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": stamp}
-        if creds.token:
-            headers["x-amz-security-token"] = creds.token
-        names = ";".join(headers)  # already sorted: host < x-amz-content-sha256 < x-amz-date < -s
-        canonical = "\n".join(
-            (
-                "GET",
-                path,
-                "",
-                "".join(f"{k}:{v}\n" for k, v in headers.items()),
-                names,
-                EMPTY_SHA256,
-            )
-        )
+        token = creds.token
+        # the signed headers, already sorted: host < x-amz-content-sha256 < x-amz-date < -s
+        signed = f"host:{host}\nx-amz-content-sha256:{EMPTY_SHA256}\nx-amz-date:{stamp}\n"
+        if token:
+            signed += f"x-amz-security-token:{token}\n"
+        names = _NAMES_TOKEN if token else _NAMES
+        canonical = f"GET\n{path}\n\n{signed}\n{names}\n{EMPTY_SHA256}"
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
-        to_sign = "\n".join(
-            ("AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest())
-        )
-        signature = hmac.new(
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{digest}"
+        signature = hmac.digest(
             self._signing_key(creds.secret_key, day), to_sign.encode(), "sha256"
-        ).hexdigest()
+        ).hex()
+        headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": stamp}
+        if token:
+            headers["x-amz-security-token"] = token
         headers["Authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={names}, Signature={signature}"

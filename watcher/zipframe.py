@@ -121,6 +121,20 @@ def _ut_extra(moment: datetime) -> bytes:
     return _UT.pack(_UT_EXTRA, 5, 1, int(moment.timestamp()))
 
 
+# (DOS time, DOS date, UT extra) by moment: the members of a job share few modification times,
+# and each member needs them twice (local and central header).
+_STAMPS: dict[datetime, tuple[int, int, bytes]] = {}
+
+
+def _stamps(moment: datetime) -> tuple[int, int, bytes]:
+    found = _STAMPS.get(moment)
+    if found is None:
+        if len(_STAMPS) > 4096:
+            _STAMPS.clear()
+        found = _STAMPS[moment] = (*dos_time(moment), _ut_extra(moment))
+    return found
+
+
 def _flags(member: Member) -> int:
     return _UTF8 | (_DESCRIPTOR if member.streamed else 0)
 
@@ -129,19 +143,20 @@ def local_header(member: Member) -> bytes:
     """The local file header (with name and extras) that precedes a member's data."""
     name = _name(member)
     extra = b""
-    if member.zip64_local:
+    zip64 = member.zip64_local
+    if zip64:
         extra = struct.pack(
             "<HHQQ", _ZIP64_EXTRA, 16, member.size or 0, member.compressed_size or 0
         )
         sizes = (LIMIT32, LIMIT32)
     else:
         sizes = (member.compressed_size or 0, member.size or 0)
-    extra += _ut_extra(member.modified)
-    time, date = dos_time(member.modified)
+    time, date, ut = _stamps(member.modified)
+    extra += ut
     return (
         _LOCAL.pack(
             LOCAL_SIG,
-            _V45 if member.zip64_local else _V20,
+            _V45 if zip64 else _V20,
             _flags(member),
             member.method,
             time,
@@ -169,15 +184,19 @@ def central_header(written: Written) -> bytes:
     """One central directory header; a ZIP64 extra holds exactly the values that do not fit."""
     member = written.member
     name = _name(member)
-    wide = [
-        value
-        for value in (written.size, written.compressed_size, written.offset)
-        if value >= LIMIT32
-    ]
+    wide = (
+        [
+            value
+            for value in (written.size, written.compressed_size, written.offset)
+            if value >= LIMIT32
+        ]
+        if max(written.size, written.compressed_size, written.offset) >= LIMIT32
+        else None
+    )
     extra = struct.pack(f"<HH{len(wide)}Q", _ZIP64_EXTRA, 8 * len(wide), *wide) if wide else b""
-    extra += _ut_extra(member.modified)
+    time, date, ut = _stamps(member.modified)
+    extra += ut
     version = _V45 if wide or member.zip64_local else _V20
-    time, date = dos_time(member.modified)
     is_dir = member.name.endswith("/")
     mode = DIR_MODE if is_dir else FILE_MODE
     return (

@@ -122,3 +122,16 @@ def test_a_small_member_is_packed_as_decided(name, data, compression):
         assert piece == data
     else:
         assert zlib.decompress(piece, -15) == data
+
+
+@pytest.mark.parametrize("level", range(10))
+def test_a_whole_member_deflates_in_one_call_at_every_level(level):
+    import zlib
+
+    from watcher.deflate import compress_whole, compressobj
+
+    for data in (b"", b"x", b"text line\n" * 900, random.Random(level).randbytes(5000)):
+        packed = compress_whole(level, data)
+        assert zlib.decompress(packed, -15) == data
+        stream = compressobj(level)  # the same library and level as the streamed path
+        assert len(packed) <= len(stream.compress(data) + stream.flush()) + 16
