@@ -323,3 +323,15 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and a region for in-process moto (``moto.mock_aws``)."""
     for name, value in TEST_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def versioned_bucket(aws_env):
+    """In-process moto with one bucket, ``bkt``, that keeps versions: its boto3 client."""
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="bkt")
+        client.put_bucket_versioning(Bucket="bkt", VersioningConfiguration={"Status": "Enabled"})
+        yield client
