@@ -281,9 +281,10 @@ def test_three_daemons_on_b2_with_auto_pick_versions_and_run_each_job_once(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)  # `versions` waits a settle delay per claim: minutes at load ~10
 @pytest.mark.parametrize("coordination", ["conditional", "versions"])
 def test_soak_three_daemons_two_hundred_manifests(s3, bucket, tmp_path, daemons, coordination):
-    load(s3, bucket, tmp_path, daemons, coordination=coordination, manifests=200)
+    load(s3, bucket, tmp_path, daemons, coordination=coordination, manifests=200, timeout=1500)
 
 
 @pytest.mark.soak
