@@ -4,17 +4,15 @@ standard retry mode, and the small-member packing decision matches the streamed 
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from conftest import AWKWARD_KEYS as KEYS
 
 from watcher.pipeline import decide, pack_whole
 from watcher.smallget import (
@@ -26,22 +24,6 @@ from watcher.smallget import (
     retryable,
     total_attempts,
 )
-
-
-def _suite_conftest():
-    """tests/conftest.py (``import conftest`` here finds tests/unit/conftest.py)."""
-    for module in list(sys.modules.values()):
-        if getattr(module, "AWKWARD_KEYS", None) is not None:
-            return module
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("suite_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules["suite_conftest"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-KEYS = _suite_conftest().AWKWARD_KEYS
 
 
 def botocore_signature(creds: Credentials, region: str, host: str, path: str, stamp: str):
