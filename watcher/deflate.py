@@ -127,9 +127,84 @@ def compress_whole(level: int, data: bytes) -> bytes:
     ``flush`` make it, without a stream object (small members held whole, issue 16)."""
     name, native = deflate_backend(level)
     if name == "libdeflate":
+        kept = _KEPT.compress(native, data) if _KEPT is not None else None
+        if kept is not None:
+            return kept
         return bytes(_libdeflate.deflate_compress(data, native))  # type: ignore[union-attr]
     library = {"isal": _isal, "zlib-ng": _zng}.get(name, zlib)
     return library.compress(data, native, wbits=-15)  # type: ignore[union-attr]
+
+
+class _KeptCompressors:
+    """libdeflate compressors kept for reuse, through ctypes (the ``deflate`` package makes and
+    frees one per call: ~350 KiB at level 4, mmapped afresh on threads, so every small member
+    paid ~45 page faults for it; measured with ``perf record -e page-faults``). At most
+    ``limit`` are kept per level; a call that finds none free makes its own, as before.
+    ctypes releases the GIL during the call, like the package."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        lib = ctypes.CDLL(path)
+        self._alloc = lib.libdeflate_alloc_compressor
+        self._alloc.restype = ctypes.c_void_p
+        self._alloc.argtypes = [ctypes.c_int]
+        self._bound = lib.libdeflate_deflate_compress_bound
+        self._bound.restype = ctypes.c_size_t
+        self._bound.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._compress = lib.libdeflate_deflate_compress
+        self._compress.restype = ctypes.c_size_t
+        self._compress.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        self.limit = limit
+        self._free: dict[int, list[int]] = {}
+        self._made: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def compress(self, level: int, data: bytes) -> bytes | None:
+        """``data`` deflated, or None when no compressor is free and no more may be made."""
+        with self._lock:
+            free = self._free.setdefault(level, [])
+            if free:
+                compressor = free.pop()
+            elif self._made.get(level, 0) < self.limit:
+                compressor = self._alloc(level)
+                if not compressor:
+                    return None
+                self._made[level] = self._made.get(level, 0) + 1
+            else:
+                return None
+        try:
+            bound = self._bound(compressor, len(data))
+            out = ctypes.create_string_buffer(bound)
+            size = self._compress(compressor, data, len(data), out, bound)
+            if not size:  # pragma: no cover - the bound always fits
+                return None
+            return ctypes.string_at(out, size)
+        finally:
+            free.append(compressor)
+
+
+def _kept_compressors() -> _KeptCompressors | None:
+    """The compressor pool, if libdeflate's library answers through ctypes exactly as the
+    package does (else None: one compressor per call)."""
+    if _libdeflate is None:
+        return None
+    try:
+        kept = _KeptCompressors(_libdeflate._deflate.__file__, 2 * usable_cores() + 2)
+        sample = b"".join(b"line %d of a small text member\n" % i for i in range(300))
+        for level in (4, 6):
+            piece = kept.compress(level, sample)
+            if piece != bytes(_libdeflate.deflate_compress(sample, level)):
+                return None
+            if zlib.decompress(piece, -15) != sample:
+                return None
+        return kept
+    except (OSError, AttributeError, zlib.error):  # pragma: no cover - no such library
+        return None
 
 
 def crc32(data: bytes, value: int = 0) -> int:
@@ -425,3 +500,6 @@ class ChunkedDeflater:
         self.crc = _crc32_combine(self.crc, crc, length) if length else self.crc
         self.compressed += len(piece)
         return piece
+
+
+_KEPT = _kept_compressors() if HAVE_LIBDEFLATE else None  # for compress_whole

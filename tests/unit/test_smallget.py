@@ -135,3 +135,25 @@ def test_a_whole_member_deflates_in_one_call_at_every_level(level):
         assert zlib.decompress(packed, -15) == data
         stream = compressobj(level)  # the same library and level as the streamed path
         assert len(packed) <= len(stream.compress(data) + stream.flush()) + 16
+
+
+def test_kept_compressors_are_shared_by_threads_without_mixing_members():
+    """compress_whole reuses libdeflate compressors across threads (one caller at a time each,
+    at most ``limit`` made per level); every member still inflates to its own bytes."""
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from watcher import deflate
+
+    kept = deflate._KEPT
+    if kept is None:
+        pytest.skip("libdeflate's library is not reachable through ctypes here")
+    members = [b"member %d: " % i + random.Random(i).randbytes(64) * (i % 50) for i in range(400)]
+
+    def packed(data: bytes) -> bool:
+        return zlib.decompress(deflate.compress_whole(6, data), -15) == data
+
+    with ThreadPoolExecutor(16) as pool:
+        assert all(pool.map(packed, members))
+    assert 1 <= kept._made[4] <= kept.limit
+    assert len(kept._free[4]) == kept._made[4]  # every compressor was given back
