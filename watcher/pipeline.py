@@ -14,9 +14,10 @@ bytes allow, in archive order, by the calling thread (:func:`write_zip`):
   read-ahead's GET that found their size, else one HEAD), their CRC-32 comes from parallel
   ranged GETs combined with ``crc32_combine`` (or from the CRC cache), worked out ahead of the
   writer, and their bytes are placed **server-side** with ``UploadPartCopy`` when they are at
-  least ``copy_min_bytes`` — the copies start once the member is pinned; only a few MiB at its
-  head are uploaded, with its header, in a part held back until the CRC-32 is in, to keep every
-  part above the store's minimum — or streamed by a pinned GET otherwise. A store that refuses
+  least ``copy_min_bytes`` — the copies start once the member is pinned (and those of the large
+  stored members right after it, as they get pinned); only a few MiB at its head are uploaded,
+  with its header, in a part held back until the CRC-32 is in, to keep every part above the
+  store's minimum — or streamed by a pinned GET otherwise. A store that refuses
   ``UploadPartCopy`` gets streaming for the rest of the job; the archive's bytes are the same.
 
 Threads: fetchers (``small_in_flight``, at least ``max_parallel_gets``) GET upcoming entries in
@@ -30,7 +31,7 @@ bytes under ``read_ahead_bytes`` (the entry being written may always queue
 :data:`HEAD_ALLOWANCE` of its own, so the window cannot deadlock); CRC readers
 (:data:`CRC_PARALLEL`) read large stored members once, the earliest member's ranges first;
 uploaders (``upload_concurrency``, a semaphore on part buffers) send parts, and copy requests
-run beside them (:data:`COPY_CONCURRENCY`). Peak memory is about ``read_ahead_bytes + 2 ×
+queue beside them, :data:`COPY_CONCURRENCY` at once. Peak memory is about ``read_ahead_bytes + 2 ×
 HEAD_ALLOWANCE + (upload_concurrency + 1) × part size``, plus the deflate pool's ``2 × cores``
 chunks in flight (each ≤ 2 MiB + 32 KiB) and the ranged spans of one large deflated member
 (``RANGED_PARALLEL × RANGED_SPAN``), whatever the archive's size; small GETs in flight add
@@ -652,6 +653,10 @@ class _ReadAhead:
                 raise JobCancelled("the job was cancelled")
         return fetch
 
+    def peek(self, index: int) -> _Fetch | None:
+        """Entry ``index``'s fetch if it was started and not taken yet (never waits)."""
+        return self.fetches.get(index)
+
     def pieces(self, fetch: _Fetch) -> Iterator[tuple[bytes, int]]:
         """(piece, input bytes it stands for) in order, until the entry is read."""
         while True:
@@ -735,6 +740,7 @@ class _Prepared:
     done: threading.Event = field(default_factory=threading.Event)
     crc: int = 0
     error: BaseException | None = None
+    placed: int | None = None  # copies placed ahead (:meth:`_Archive._place_ahead`): the head
     parts: list[int | None] = field(default_factory=list)
     left: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -906,9 +912,11 @@ class _PartWriter:
         self.copy_floor = copy_floor
         self.progress = progress
         self.slots = threading.Semaphore(max(1, concurrency))
-        self.copy_slots = threading.Semaphore(COPY_CONCURRENCY)
-        self.pool = ThreadPoolExecutor(
-            max_workers=max(1, concurrency) + COPY_CONCURRENCY, thread_name_prefix="put"
+        self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="put")
+        # Part copies queue here without blocking the writer (a queued copy is a few numbers):
+        # COPY_CONCURRENCY run at once, in the order they were placed.
+        self.copy_pool = ThreadPoolExecutor(
+            max_workers=COPY_CONCURRENCY, thread_name_prefix="put_copy"
         )
         self.futures: list[Future] = []
         self.upload: MultipartUpload | None = None
@@ -917,13 +925,14 @@ class _PartWriter:
         self.part_number = 1
         self.copy_refused = False
         self.copies = 0
-        self.held: int | None = None  # the part number kept for the buffer (:meth:`hold`)
+        # part numbers kept for the buffer, in archive order (:meth:`hold`)
+        self.held: collections.deque[int] = collections.deque()
         self._sized = (0, 0)  # (part number, its part_size), for write()
 
     def write(self, data: bytes) -> None:
         self.buffer.append(data)
         self.buffered += len(data)
-        if self.held is None:
+        if not self.held:
             number, size = self._sized  # part_size of the part being filled, kept
             if number != self.part_number:
                 number = self.part_number
@@ -935,19 +944,22 @@ class _PartWriter:
     def hold(self) -> None:
         """The bytes buffered now and those written until :meth:`release` become the next part,
         sent at release; part copies placed meanwhile (:meth:`copy`) come after it. So a copied
-        member's copies start before its CRC-32 is known: only its header waits for it."""
+        member's copies start before its CRC-32 is known: only its header waits for it.
+
+        Holds queue up: a later member's part may be kept (and its copies placed after it)
+        while an earlier one is still held; each :meth:`release` sends the earliest."""
         self._started()
-        self.held, self.part_number = self.part_number, self.part_number + 1
+        self.held.append(self.part_number)
+        self.part_number += 1
 
     def _unhold(self) -> None:
-        """Nothing was placed after the held part: its bytes are ordinary buffered bytes again."""
-        if self.held is not None:
-            self.part_number, self.held = self.held, None
+        """Nothing was placed after the last held part: its bytes are ordinary buffered bytes
+        again."""
+        if self.held and self.held[-1] == self.part_number - 1:
+            self.part_number = self.held.pop()
 
     def release(self) -> None:
-        number, self.held = self.held, None
-        assert number is not None
-        self._flush_part(number)
+        self._flush_part(self.held.popleft())
 
     def _check(self) -> None:
         for future in [f for f in self.futures if f.done()]:
@@ -987,7 +999,7 @@ class _PartWriter:
         if self.copy_refused:
             self._unhold()
             return False
-        if self.held is None and self.buffered:
+        if not self.held and self.buffered:
             self._flush_part()
         upload = self._started()
         piece = max(COPY_PIECE, part_size(self.known_bytes, self.part_number, self.minimum_part))
@@ -1004,21 +1016,17 @@ class _PartWriter:
             self.progress.add(bytes_written=probe - start)
             start = probe
         self.copies += 1
+        self._check()
         for span in copy_pieces(start, end, piece) if start < end else []:
-            self._check()
-            self.copy_slots.acquire()
             number, self.part_number = self.part_number, self.part_number + 1
-            self.futures.append(self.pool.submit(self._copy, upload, number, source, span))
+            self.futures.append(self.copy_pool.submit(self._copy, upload, number, source, span))
         return True
 
     def _copy(
         self, upload: MultipartUpload, number: int, source: Pinned, span: tuple[int, int]
     ) -> None:
-        try:
-            upload.copy_part(number, source, *span)
-            self.progress.add(bytes_written=span[1] - span[0])
-        finally:
-            self.copy_slots.release()
+        upload.copy_part(number, source, *span)
+        self.progress.add(bytes_written=span[1] - span[0])
 
     def finish(self) -> None:
         """Send what is left and make the object visible, all at once."""
@@ -1037,11 +1045,13 @@ class _PartWriter:
         for future in self.futures:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.copy_pool.shutdown(wait=True, cancel_futures=True)
         if self.upload is not None:
             self.upload.abort()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.copy_pool.shutdown(wait=True)
 
 
 # -- the archive ------------------------------------------------------------------------------
@@ -1094,7 +1104,7 @@ class _Archive:
         for index, entry in enumerate(self.plan.entries):
             fetch = self.reads.take(index)
             if fetch.large_stored:
-                self._large_stored(entry, fetch)
+                self._large_stored(index, entry, fetch)
             elif fetch.error is not None and fetch.size is None:
                 self._missing(entry, fetch.error)
             elif fetch.method == "store" or (fetch.size or 0) <= BUFFER_LIMIT:
@@ -1153,12 +1163,66 @@ class _Archive:
         self._emit(data_descriptor(member, fetch.crc, raw_total, packed))
         self._record(entry.key, member, offset, fetch.crc, raw_total, packed)
 
-    def _large_stored(self, entry: Entry, fetch: _Fetch) -> None:
+    def _copyable(self, entry: Entry, source: Pinned, buffered: int) -> tuple[int, int] | None:
+        """(header length, head) of a member to be copied server-side after ``buffered`` bytes,
+        or None when it is streamed."""
+        modified = clamp_mtime(entry.last_modified or source.last_modified)
+        size = source.size
+        header = len(local_header(Member(entry.name, modified, STORED, 0, size, size)))
+        head = copy_head(buffered + header, size, self.limits.copy_floor)
+        if (
+            not self.limits.copy_min_bytes
+            or size < self.limits.copy_min_bytes
+            or head is None
+            or self.writer.copy_refused
+        ):
+            return None
+        return header, head
+
+    def _place_ahead(self, index: int) -> bool:
+        """Place the copies of the large stored members that directly follow member ``index``
+        (itself copied up to its end) as soon as they are pinned, each after a held part for its
+        header and head: the store copies them while the CRC passes before them still read, as
+        the server-side ceiling does. Only adjacent members: a held part then carries just a
+        header and a head (never other members' bytes, whose size may be anything).
+
+        True when there is nothing more to place after ``index`` (a member that is not copied
+        ends the run), False while the next member may still become placeable (not pinned yet).
+        """
+        while self.writer.copies:
+            index += 1
+            fetch = self.reads.peek(index)
+            if fetch is None:
+                return True  # past the read-ahead's window (its turn comes), or the plan's end
+            if not fetch.large_stored:
+                return fetch.opened.is_set()  # something else: the run ends; else not known yet
+            prepared = fetch.prepared
+            if prepared is None:
+                return False  # being handed over
+            if prepared.placed is not None:
+                continue
+            if prepared.error is not None:
+                return True
+            if not prepared.pinned.is_set():
+                return False
+            assert prepared.source is not None
+            layout = self._copyable(fetch.entry, prepared.source, 0)
+            if layout is None:
+                return True
+            self.writer.hold()
+            if not self.writer.copy(prepared.source, layout[1], prepared.source.size):
+                return True  # pragma: no cover - only the job's first copy can be refused
+            prepared.placed = layout[1]
+        return True
+
+    def _large_stored(self, index: int, entry: Entry, fetch: _Fetch) -> None:
         """Pinned, CRC'd by ranged reads, then copied server-side or streamed.
 
         A copied member's part copies are placed as soon as it is pinned — the part that will
         carry the bytes before it, its header and its head is held back (:meth:`_PartWriter.hold`)
-        — so the store copies while its CRC-32 is still being read; only the header waits.
+        — so the store copies while its CRC-32 is still being read; only the header waits. The
+        adjacent large stored members after it get their copies placed then too
+        (:meth:`_place_ahead`).
         """
         prepared = fetch.prepared
         if prepared is None:  # pragma: no cover - the read-ahead always prepares them
@@ -1170,18 +1234,18 @@ class _Archive:
             return
         size = source.size
         modified = clamp_mtime(entry.last_modified or source.last_modified)
-        header = len(local_header(Member(entry.name, modified, STORED, 0, size, size)))
-        head = copy_head(self.writer.buffered + header, size, self.limits.copy_floor)
-        copied = False
-        if (
-            self.limits.copy_min_bytes
-            and size >= self.limits.copy_min_bytes
-            and head is not None
-            and not self.writer.copy_refused
-        ):
-            assert head is not None
-            self.writer.hold()
-            copied = self.writer.copy(source, head, size)
+        head = prepared.placed
+        copied = head is not None
+        if not copied:
+            layout = self._copyable(entry, source, self.writer.buffered)
+            if layout is not None:
+                head = layout[1]
+                self.writer.hold()
+                copied = self.writer.copy(source, head, size)
+        if copied:  # the next members' copies too, as they get pinned, while the CRC is read
+            while not prepared.done.wait(0.5 if self._place_ahead(index) else 0.05):
+                if self.sources.cancelled():
+                    raise JobCancelled("the job was cancelled")
         try:
             _, crc = self.sources.result(prepared)
         except MissingInput as exc:

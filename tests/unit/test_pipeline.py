@@ -680,6 +680,42 @@ def test_a_members_copies_are_placed_before_its_crc_is_known(tmp_path, monkeypat
     assert all(size >= COPYING.copy_floor for size in sizes[:-1]), sizes
 
 
+def test_the_next_adjacent_members_copies_are_placed_while_the_first_crc_is_read(
+    tmp_path, monkeypatch
+):
+    """Adjacent large stored members: the second's copies do not wait for the first's CRC-32
+    (as the server-side ceiling, the store copies everything while the CRC passes read); each
+    keeps a held part of its own for its header and head, so the parts still come in order."""
+    monkeypatch.setattr(pipeline, "BUFFER_LIMIT", 512 * 1024)
+    objects = media_objects()
+    store = FakeStore(objects)
+    second_copied = threading.Event()
+    original_copy, original_read = FakeUpload.copy_part, store.read_range
+    waited: list[bool] = []
+
+    def copy_part(self, number, source, start, end):
+        if source.key == "one.mp4":
+            second_copied.set()
+        return original_copy(self, number, source, start, end)
+
+    def read_range(source, start, end, *, chunk_size):
+        if source.key == "two.mp4" and start == 0 and not waited:
+            waited.append(second_copied.wait(10))  # two.mp4's CRC pass waits for one.mp4's copy
+        return original_read(source, start, end, chunk_size=chunk_size)
+
+    monkeypatch.setattr(FakeUpload, "copy_part", copy_part)
+    store.read_range = read_range
+    order = ["two.mp4", "one.mp4", "three.mov", "a.txt", "photo.jpg"]
+    zip_it(store, make_plan([(k, k) for k in order]), limits=COPYING)
+    verify_zip(saved(store, tmp_path), {k: objects[k] for k in order})
+    assert waited == [True], "one.mp4's copies waited for two.mp4's CRC-32"
+    (upload,) = store.uploads
+    sizes = [len(upload.parts[n]) for n in sorted(upload.parts)]
+    assert sorted(upload.parts) == list(range(1, len(sizes) + 1))
+    assert all(size >= COPYING.copy_floor for size in sizes[:-1]), sizes
+    assert sum(store.copied) >= sum(len(objects[k]) for k in order[:3]) - 3 * COPYING.copy_floor
+
+
 @pytest.mark.parametrize("missing", ["fail", "skip"])
 def test_a_copied_input_deleted_during_its_crc_pass(missing, monkeypatch):
     """CONTRACT §4: an input that disappears is ``missing_input`` (not ``storage_error``), also
