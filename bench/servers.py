@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class SeaweedS3:
         self.data_dir = data_dir
         self.proc: subprocess.Popen | None = None
         self.port = free_grpc_port()
+        self.metrics_port = free_port()
 
     @property
     def endpoint_url(self) -> str:
@@ -89,6 +91,12 @@ class SeaweedS3:
                 f"-volume.port={ports[1]}",
                 f"-filer.port={ports[2]}",
                 "-volume.max=0",
+                # no Iceberg / Lance listeners: on their fixed ports (8181, 9101) a second server
+                # on the machine would fail to start
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-metricsIp=127.0.0.1",
+                f"-metricsPort={self.metrics_port}",
                 "-master.volumeSizeLimitMB=1024",
             ],
             stdout=subprocess.DEVNULL,
@@ -104,6 +112,28 @@ class SeaweedS3:
                     self.stop()
                     raise SystemExit("SeaweedFS did not start; see weed.log") from None
                 time.sleep(0.5)
+
+    def counters(self, bucket: str) -> dict:
+        """What the server itself counted for ``bucket`` so far (its Prometheus metrics): request
+        bodies received (``received``: PUT/POST bodies; a part copy sends none), response bodies
+        sent (``sent``), and requests by HTTP method (``requests``, every status code)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            text = answer.read().decode()
+        found: dict = {"received": 0, "sent": 0, "requests": Counter()}
+        label = f'bucket="{bucket}"'
+        for line in text.splitlines():
+            if line.startswith("#") or label not in line:
+                continue
+            name, _, value = line.rpartition(" ")
+            if name.startswith("SeaweedFS_s3_bucket_traffic_received_bytes_total"):
+                found["received"] += int(float(value))
+            elif name.startswith("SeaweedFS_s3_bucket_traffic_sent_bytes_total"):
+                found["sent"] += int(float(value))
+            elif name.startswith("SeaweedFS_s3_request_total{"):
+                kind = name.partition('type="')[2].partition('"')[0]
+                found["requests"][kind] += int(float(value))
+        return found
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
