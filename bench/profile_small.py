@@ -142,7 +142,7 @@ def spy_areas(path: Path) -> tuple[int, collections.Counter]:
             func, _, where = frame.rpartition(" (")
             frames.append(f"{where.rstrip(')')}({func})")
         total += int(n)
-        hit = "other"
+        hit = "other" if stack.strip() else "(no Python frame on the sampled thread)"
         for name in reversed(frames):
             found = next((area for area, rx in AREAS if re.search(rx, name)), None)
             if found:
