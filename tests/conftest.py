@@ -123,11 +123,13 @@ def _aws_test_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[S3Server]:
-    """moto's S3 server as a separate process on a free loopback port, shared by the session."""
+    """moto's S3 server as a separate process on a free loopback port, shared by the session
+    (tests/motoserver.py: moto without the cost of deep-copying bodies in version listings)."""
     port = free_port()
     env = {**os.environ, **TEST_CREDENTIALS}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(Path(__file__).with_name("motoserver.py")), "-H", "127.0.0.1"]
+        + ["-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -171,8 +173,61 @@ def s3_server(request: pytest.FixtureRequest, moto_server: S3Server) -> S3Server
     return moto_server
 
 
-# Run a test against moto and against the B2-faithful proxy.
+# Run a test against moto and against the B2-faithful proxy. With ``--servers both`` every test
+# that uses ``s3_server`` (through ``s3``, ``bucket``, ``s3_env``, ``daemons``…) gets both without
+# asking (see ``pytest_generate_tests``); the mark is for tests that run on both in any case.
 both_servers = pytest.mark.parametrize("s3_server", ["moto", "b2"], indirect=True)
+
+
+def per_server(argname: str, moto: list, b2: list, *, indirect: bool = False):
+    """Parametrize ``s3_server`` together with ``argname``: moto with each value of ``moto``, the
+    B2-faithful server with each of ``b2`` (e.g. claim protocols: B2 has no conditional writes)."""
+    cases = [pytest.param("moto", value, id=f"moto-{value}") for value in moto]
+    cases += [pytest.param("b2", value, id=f"b2-{value}") for value in b2]
+    return pytest.mark.parametrize(
+        ("s3_server", argname), cases, indirect=["s3_server"] + ([argname] if indirect else [])
+    )
+
+
+# Modules whose tests choose their servers themselves (explicit ``both_servers`` / B2-only marks),
+# or meet the store only where its dialect does not matter: docs/b2.md says why for each.
+CHOOSE_THEIR_OWN_SERVER = {
+    "test_readers.py": "the reader matrix checks the ZIP's bytes, which no store dialect changes",
+    "test_small_get.py": "marks its B2 tests itself (both_servers); the rest inject faults",
+}
+
+
+def _moto_only_reason(metafunc: pytest.Metafunc) -> str | None:
+    marker = metafunc.definition.get_closest_marker("moto_only")
+    if marker is not None:
+        return marker.args[0] if marker.args else "moto only"
+    return CHOOSE_THEIR_OWN_SERVER.get(Path(str(metafunc.definition.fspath)).name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--servers",
+        choices=("moto", "both"),
+        default="moto",
+        help="both: every test that meets a store runs on moto and on the B2-faithful server "
+        "(`make test-b2`, docs/b2.md)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Issue 12: with ``--servers both`` the whole daemon suite runs on moto and on the
+    B2-faithful server. A test that reaches ``s3_server`` is parametrized ``[moto]`` / ``[b2]``
+    unless it parametrizes ``s3_server`` itself or is marked ``@pytest.mark.moto_only("why")``."""
+    if "s3_server" not in metafunc.fixturenames or metafunc.config.getoption("servers") != "both":
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0] if marker.args else marker.kwargs.get("argnames", "")
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if "s3_server" in names:
+            return
+    if _moto_only_reason(metafunc) is None:
+        metafunc.parametrize("s3_server", ["moto", "b2"], indirect=True)
 
 
 @pytest.fixture

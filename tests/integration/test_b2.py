@@ -13,6 +13,7 @@ PREFIX = "zip-requests/"
 MiB = 1024 * 1024
 
 
+@pytest.mark.moto_only("needs a store without versions; every B2 bucket keeps them")
 def test_versions_on_a_store_without_versions_is_a_configuration_error(
     s3, bucket, tmp_path, daemons
 ):
@@ -90,6 +91,7 @@ def test_on_b2_each_result_marker_counts_its_own_jobs_requests(
     assert set(b2_proxy.refused) <= {"PutObject NotImplemented"}, b2_proxy.refused
 
 
+@pytest.mark.parametrize("s3_server", ["b2"], indirect=True)
 def test_conditional_on_a_store_without_conditional_writes_is_a_configuration_error(
     tmp_path, daemons, b2_proxy
 ):

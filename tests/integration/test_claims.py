@@ -7,6 +7,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import per_server
 from faultproxy import Fault, FaultProxy
 
 from watcher.claims import (
@@ -54,13 +55,19 @@ def claimer(mode: str, s3_server, bucket: str, owner: str, clock=None, lease: fl
     )
 
 
-@pytest.fixture(params=["conditional", "versions"])
+# Both protocols on moto; on the B2-faithful server only ``versions`` (B2 has no conditional
+# writes: a ``conditional`` daemon exits 2 there, test_b2.py).
+MODES = per_server("mode", ["conditional", "versions"], ["versions"], indirect=True)
+
+
+@pytest.fixture
 def mode(request, s3, bucket):
     if request.param == "versions":
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     return request.param
 
 
+@MODES
 def test_three_contenders_each_key_claimed_exactly_once(mode, s3_server, bucket):
     contenders = [claimer(mode, s3_server, bucket, f"daemon-{n}") for n in range(3)]
 
@@ -73,6 +80,7 @@ def test_three_contenders_each_key_claimed_exactly_once(mode, s3_server, bucket)
     assert wins == Counter(dict.fromkeys(KEYS, 1)), wins
 
 
+@MODES
 def test_live_claim_blocks_others_and_renews(mode, s3_server, bucket):
     a = claimer(mode, s3_server, bucket, "a")
     b = claimer(mode, s3_server, bucket, "b")
@@ -84,6 +92,7 @@ def test_live_claim_blocks_others_and_renews(mode, s3_server, bucket):
     assert b.claim(KEYS[0]) is None
 
 
+@MODES
 def test_expired_claim_is_taken_over_and_the_old_owner_loses_it(mode, s3_server, bucket):
     # Expiry is judged on the store's clock (whole seconds, plus one of margin): a 2 s lease is
     # surely over after 4.2 s.
@@ -98,6 +107,7 @@ def test_expired_claim_is_taken_over_and_the_old_owner_loses_it(mode, s3_server,
     assert b.renew(taken) is not None
 
 
+@MODES
 @pytest.mark.parametrize("skew", [3600.0, -3600.0])
 def test_a_daemon_with_a_wrong_clock_neither_steals_nor_waits_forever(
     mode, s3_server, bucket, skew
@@ -119,6 +129,7 @@ def test_store_clock_comes_from_the_date_header_else_the_fallback():
     assert store_now({"ResponseMetadata": {"HTTPHeaders": {"date": "garbage"}}}, 5.0) == 5.0
 
 
+@MODES
 def test_release_lets_the_next_claimer_in_and_cleans_up(mode, s3_server, s3, bucket):
     a = claimer(mode, s3_server, bucket, "a")
     b = claimer(mode, s3_server, bucket, "b")
@@ -131,6 +142,7 @@ def test_release_lets_the_next_claimer_in_and_cleans_up(mode, s3_server, s3, buc
     assert not versions.get("Versions"), "claim objects left behind"
 
 
+@pytest.mark.moto_only("B2 has no conditional writes (test_b2proxy.py: `auto` picks versions)")
 def test_probe_picks_conditional_on_moto(s3_server, s3, bucket):
     store = edge(s3_server.endpoint_url)
     assert probe(store, bucket, PREFIX) == "conditional"
@@ -140,6 +152,7 @@ def test_probe_picks_conditional_on_moto(s3_server, s3, bucket):
     )
 
 
+@pytest.mark.moto_only("needs a bucket without versions first; every B2 bucket keeps them")
 def test_versions_are_confirmed_by_observing_them(s3_server, s3, bucket):
     store = edge(s3_server.endpoint_url)
     with pytest.raises(ConfigError, match="does not keep object versions"):
@@ -166,7 +179,7 @@ def test_access_denied_during_the_probe_is_reported_as_such(s3_server, s3, bucke
     assert raised.value.key == "watch.coordination"
 
 
-@pytest.mark.parametrize("mode", ["conditional", "versions"])
+@per_server("mode", ["conditional", "versions"], ["versions"])
 def test_access_denied_on_a_claim_is_access_denied(mode, s3_server, s3, bucket):
     if mode == "versions":
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})

@@ -88,6 +88,7 @@ def test_invalid_manifest_goes_to_failed_and_the_next_one_still_runs(s3, bucket,
     assert daemon.proc.poll() is None
 
 
+@pytest.mark.moto_only("3 daemons on B2: test_reliability.py's test_three_daemons_on_b2_*")
 @pytest.mark.parametrize("coordination", ["conditional", "versions"])
 def test_three_daemons_thirty_manifests_every_job_runs_exactly_once(
     s3, bucket, tmp_path, daemons, coordination

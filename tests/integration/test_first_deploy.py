@@ -15,6 +15,11 @@ from conftest import free_port
 from daemonproc import write_config
 from faultproxy import Fault, FaultProxy
 
+# Store-agnostic: runs on moto only (docs/b2.md).
+pytestmark = pytest.mark.moto_only(
+    "start-up mistakes in the configuration, answered before any store dialect matters"
+)
+
 COMMANDS = ("run", "check", "submit", "status", "zip")
 
 

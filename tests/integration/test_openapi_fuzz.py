@@ -25,6 +25,11 @@ from watcher.metrics import Metrics
 from watcher.service import DaemonBackend
 from watcher.store import Store, make_client
 
+# Store-agnostic: runs on moto only (docs/b2.md).
+pytestmark = pytest.mark.moto_only(
+    "the HTTP API's answers against openapi.yaml (test_http.py, test_jobs_api.py: on both)"
+)
+
 SPEC = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 

@@ -109,6 +109,7 @@ def test_ten_percent_faulted_requests_and_every_job_still_succeeds(
 
 
 @pytest.mark.soak
+@pytest.mark.moto_only("a long variant: its fast variant runs on both servers in make test")
 def test_soak_fifty_jobs_through_ten_percent_faults(s3_server, s3, bucket, tmp_path, daemons):
     fired = run_faulty(s3_server, s3, bucket, tmp_path, daemons, jobs=50, rate=0.10)
     print(f"faults injected: {fired}")
@@ -196,6 +197,7 @@ def test_crash_loop_every_job_ends_exactly_once_with_a_correct_zip(s3, bucket, t
 
 
 @pytest.mark.soak
+@pytest.mark.moto_only("a long variant: its fast variant runs on both servers in make test")
 def test_soak_crash_loop_thirty_jobs_ten_kills(s3, bucket, tmp_path, daemons):
     crash_loop(s3, bucket, tmp_path, daemons, jobs=30, kills=10)
 
@@ -266,6 +268,10 @@ def rng_sample(n: int) -> list[int]:
     return sorted(random.Random(n).sample(range(n), min(n, 25)))
 
 
+# test_daemon.py's 30 manifests (moto) and the 20 below (B2) are the fast variants; this middle one
+# goes to make soak.
+@pytest.mark.soak
+@pytest.mark.moto_only("on B2: test_three_daemons_on_b2_with_auto_pick_versions_and_run_*")
 @pytest.mark.parametrize("coordination", ["conditional", "versions"])
 def test_three_daemons_forty_manifests_each_run_once(s3, bucket, tmp_path, daemons, coordination):
     load(s3, bucket, tmp_path, daemons, coordination=coordination, manifests=40)
@@ -282,6 +288,7 @@ def test_three_daemons_on_b2_with_auto_pick_versions_and_run_each_job_once(
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)  # `versions` waits a settle delay per claim: minutes at load ~10
+@pytest.mark.moto_only("on B2: test_soak_b2_three_daemons_two_hundred_manifests_auto")
 @pytest.mark.parametrize("coordination", ["conditional", "versions"])
 def test_soak_three_daemons_two_hundred_manifests(s3, bucket, tmp_path, daemons, coordination):
     load(s3, bucket, tmp_path, daemons, coordination=coordination, manifests=200, timeout=1500)
@@ -622,6 +629,7 @@ def lifecycle_soak(s3_server, s3, bucket, tmp_path, daemons, *, drops: int, kill
 
 @pytest.mark.soak
 @pytest.mark.timeout(2400)  # minutes on a shared machine
+@pytest.mark.moto_only("a long variant: test_lifecycle.py runs each of its cases on both servers")
 def test_soak_lifecycle_three_daemons_two_hundred_manifests_ten_kills(
     s3_server, s3, bucket, tmp_path, daemons
 ):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from daemonproc import DaemonProcess, write_config
 
 from watcher import sdnotify
@@ -72,6 +73,7 @@ def test_notify_sends_datagrams_to_the_socket(tmp_path):
     assert sdnotify.watchdog_interval({}) is None
 
 
+@pytest.mark.moto_only("the sd_notify protocol between the daemon and systemd")
 def test_daemon_sends_ready_watchdog_and_stopping_in_order(tmp_path, s3_env):
     path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

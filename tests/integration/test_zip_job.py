@@ -108,6 +108,7 @@ def test_plain_keys_renames_utf8_and_empty_objects(s3_server, s3, bucket, tmp_pa
     assert abs((stamp - head).total_seconds()) <= 2
 
 
+@pytest.mark.moto_only("pagination is moto's own behind the B2-faithful proxy")
 def test_prefix_expansion_over_more_than_a_thousand_keys(s3_server, s3, bucket, tmp_path):
     objects = {f"many/{i:04d}.txt": f"object {i}\n".encode() for i in range(1500)}
     with ThreadPoolExecutor(16) as pool:
@@ -372,12 +373,15 @@ def test_large_stored_members_are_copied_server_side_pinned_by_etag(
     check_result_against_zip(marker(s3, bucket, "out/media.zip.result.json"), path)
     copies = copy_requests(proxy)
     assert copies and all(c["x-amz-copy-source-range"].startswith("bytes=") for c in copies)
-    etags = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in ("one.mp4", "two.mov")}
+    heads = {k: s3.head_object(Bucket=bucket, Key=k) for k in ("one.mp4", "two.mov")}
     for copy in copies:
-        source = copy["x-amz-copy-source"]
-        assert "versionId" not in source, "the bucket keeps no versions"
+        source, _, version = copy["x-amz-copy-source"].partition("?versionId=")
         key = source.rsplit("/", 1)[-1]
-        assert copy["x-amz-copy-source-if-match"] == etags[key]
+        if s3_server.dialect == "b2":  # every B2 bucket keeps versions: a copy pins the version
+            assert version == heads[key]["VersionId"], copy
+        else:
+            assert not version, "the bucket keeps no versions"
+            assert copy["x-amz-copy-source-if-match"] == heads[key]["ETag"]
     large = len(MEDIA["one.mp4"]) + len(MEDIA["two.mov"])
     assert uploaded_part_bytes(proxy) < path.stat().st_size - large + 2 * 5 * 1024 * 1024
     assert store.request_counts()["UploadPartCopy"] == len(copies)
