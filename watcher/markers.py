@@ -174,13 +174,12 @@ class MarkerWriter:
         self._written_at = 0.0
         self.status_writes = 0
 
-    def _write_status(self, state: str) -> None:
+    def _write_status(self, state: str, error: JobError | None = None) -> None:
         version = self.progress.version
-        self.store.put_json(
-            self.info.bucket,
-            status_key(self.info.target),
-            status_doc(self.info, state, self.progress, self._now()),
-        )
+        document = status_doc(self.info, state, self.progress, self._now())
+        if error is not None:  # GET /jobs/<id> answers from it until the result marker exists
+            document["error"] = {"code": error.code, "message": error.message}
+        self.store.put_json(self.info.bucket, status_key(self.info.target), document)
         self._written_version = version
         self._written_at = time.monotonic()
         self.status_writes += 1
@@ -215,9 +214,7 @@ class MarkerWriter:
         """Make the status marker say the job was cut short (``failed``, ``error.code``
         ``cancelled``); no result marker, because the job runs again (CONTRACT §7.10)."""
         self.stop(timeout=2.0)
-        document = status_doc(self.info, "failed", self.progress, self._now())
-        document["error"] = {"code": error.code, "message": error.message}
-        self.store.put_json(self.info.bucket, status_key(self.info.target), document)
+        self._write_status("failed", error)
 
     def finished(
         self,
@@ -230,7 +227,7 @@ class MarkerWriter:
         self.stop()
         finished_at = self._now()
         state = "failed" if error is not None else "succeeded"
-        self._write_status(state)
+        self._write_status(state, error)
         if requests is None:
             requests = job_requests(self.store)
         document = result_doc(

@@ -68,6 +68,24 @@ def test_status_is_made_final_before_the_result_marker_is_written_last(monkeypat
     assert keys.count("out/a.zip.result.json") == 1
 
 
+def test_a_failed_jobs_final_status_marker_already_says_why(monkeypatch):
+    """The final status marker is written before the result marker; ``GET /jobs/<id>`` answers
+    from it in between, and a ``failed`` view must carry its ``error`` (CONTRACT §9), not null."""
+    monkeypatch.setattr(markers, "MIN_INTERVAL", 0.05)
+    store, progress = FakeStore(), Progress(files_total=1)
+    writer = MarkerWriter(store, INFO, progress)
+    writer.started()
+    writer.finished(MissingInput("s3://b/gone does not exist"))
+    (key, status, _), (last, result, _) = store.writes[-2:]
+    assert key == "out/a.zip.status.json" and last == "out/a.zip.result.json"
+    assert status["state"] == "failed" and status["error"] == result["error"]
+    assert status["error"]["code"] == "missing_input"
+    writer = MarkerWriter(store, INFO, Progress(files_total=1))
+    writer.started()
+    writer.finished(None)
+    assert "error" not in store.writes[-2][1] or store.writes[-2][1]["error"] is None
+
+
 def test_refreshes_back_off_but_keep_a_heartbeat(monkeypatch):
     monkeypatch.setattr(markers, "MIN_INTERVAL", 0.05)
     monkeypatch.setattr(markers, "HEARTBEAT", 0.4)
