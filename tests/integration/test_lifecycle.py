@@ -299,49 +299,32 @@ def test_poison_manifests_are_failed_for_good_and_the_others_flow(
 # -- §7.10: shutdown keeps its word --------------------------------------------------------------
 
 
-def test_sigterm_with_a_read_that_hangs_exits_within_grace_and_marks_the_job_cancelled(
-    s3, bucket, tmp_path, daemons, proxy
-):
-    """The store sends the headers and 64 KiB of a 3 MiB body, then nothing: the cancellation
-    cuts that read off (the job's own thread comes back and marks it), instead of the process
-    leaving it behind (os._exit) or waiting for botocore's 60 s read timeout."""
-    big = deterministic_bytes(12, 9 * 1024 * 1024)
-    hang = deterministic_bytes(13, 3 * 1024 * 1024)
-    put_objects(s3, bucket, {"in/big.bin": big, "in/hang.bin": hang})
-    stall = proxy.add(
-        Fault("stall", method="GET", key=r"/in/hang\.bin$", seconds=600, after_bytes=64 * 1024)
-    )
-    daemon = daemons(config(tmp_path, zip={"compression": "store"}), endpoint=proxy.endpoint_url)
-    drop(s3, bucket, "h", {"files": ["in/big.bin", "in/hang.bin"], "target": "out/h.zip"})
-    wait_until(lambda: stall.fired and uploads(s3, bucket), 30, "the hanging read and the upload")
-    signalled = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(timeout=30) == 0
-    assert time.monotonic() - signalled < 3 + 5
-    assert events([daemon], "job_cancelled", reason="shutdown"), "the job's thread never returned"
-    assert not events([daemon], "job_did_not_stop") + events([daemon], "exiting_with_stuck_reads")
-    status = status_of(s3, bucket, "out/h.zip")
-    assert status["state"] == "failed" and status["error"]["code"] == "cancelled", status
-    assert result_of(s3, bucket, "out/h.zip") is None
-    assert not uploads(s3, bucket)
-    assert f"{PREFIX}h.json" in waiting_manifests(s3, bucket)
-    assert not list_keys(s3, bucket, f"{PREFIX}.claims/h"), "the claim was not released"
-
-
-MUTE = {  # where the store never answers: (mute.bin's MiB, compression, the fault, thread back?)
-    "lean-get": (3, "store", dict(method="GET", key=r"/in/mute\.bin$"), True),
-    "ranged-gets": (12, "deflate", dict(method="GET", key=r"/in/mute\.bin$"), True),
-    "part-upload": (3, "store", dict(method="PUT", path="partNumber=", key=r"/out/m\.zip$"), False),
+MUTE = {  # where the store goes quiet: (mute.bin's MiB, compression, the fault, thread back?)
+    "stalled-body": (
+        3,
+        "store",
+        dict(kind="stall", method="GET", key=r"/in/mute\.bin$", after_bytes=64 * 1024),
+        True,
+    ),
+    "lean-get": (3, "store", dict(kind="hang", method="GET", key=r"/in/mute\.bin$"), True),
+    "ranged-gets": (12, "deflate", dict(kind="hang", method="GET", key=r"/in/mute\.bin$"), True),
+    "part-upload": (
+        3,
+        "store",
+        dict(kind="hang", method="PUT", path="partNumber=", key=r"/out/m\.zip$"),
+        False,
+    ),
 }
 
 
 @pytest.mark.parametrize("where", list(MUTE))
-def test_sigterm_with_a_request_never_answered_exits_within_grace_and_marks_the_job_cancelled(
+def test_sigterm_while_the_store_goes_quiet_exits_within_grace_and_marks_the_job_cancelled(
     s3, bucket, tmp_path, daemons, proxy, where
 ):
-    """The store accepts a request and sends nothing, not even headers (no body to cut off): the
-    lean GET of a plain key, the parallel ranged GETs of a large deflated member, a part's
-    upload (botocore waits for its answer up to its 60 s read timeout). The
+    """The store sends the headers and 64 KiB of a body, then nothing (the cancellation cuts that
+    read off, instead of waiting for botocore's 60 s read timeout); or it accepts a request and
+    sends nothing, not even headers: the lean GET of a plain key, the parallel ranged GETs of a
+    large deflated member, a part's upload (botocore waits for its answer). The
     daemon still exits within grace + 5 s, whether the cancellation reaches the waiting request
     or the daemon gives up on the stuck thread (os._exit after cleaning up for it): the status
     marker says cancelled, the upload is aborted, the claim released, the manifest left to run
@@ -350,7 +333,7 @@ def test_sigterm_with_a_request_never_answered_exits_within_grace_and_marks_the_
     size_mib, compression, fault, comes_back = MUTE[where]
     mute = deterministic_bytes(16, size_mib * 1024 * 1024)
     put_objects(s3, bucket, {"in/big.bin": big, "in/mute.bin": mute})
-    hang = proxy.add(Fault("hang", seconds=600, **fault))
+    hang = proxy.add(Fault(seconds=600, **fault))
     daemon = daemons(
         config(tmp_path, zip={"compression": compression}), endpoint=proxy.endpoint_url
     )
@@ -361,8 +344,10 @@ def test_sigterm_with_a_request_never_answered_exits_within_grace_and_marks_the_
     assert daemon.wait(timeout=30) == 0
     assert time.monotonic() - signalled < 3 + 5
     if comes_back:  # the cancellation reached the waiting GET: the job's own thread ended it
-        assert events([daemon], "job_cancelled", reason="shutdown")
-        assert not events([daemon], "exiting_with_stuck_reads")
+        assert events([daemon], "job_cancelled", reason="shutdown"), "the thread never returned"
+        assert not events([daemon], "job_did_not_stop") + events(
+            [daemon], "exiting_with_stuck_reads"
+        )
     else:  # botocore's wait for an answer cannot be cut: the daemon cleaned up and left
         assert events([daemon], "job_did_not_stop") and events([daemon], "exiting_with_stuck_reads")
     status = status_of(s3, bucket, "out/m.zip")
