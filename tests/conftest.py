@@ -210,7 +210,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("moto", "both"),
         default="moto",
         help="both: every test that meets a store runs on moto and on the B2-faithful server "
-        "(`make test-b2`, docs/b2.md)",
+        "(`make test`, docs/b2.md)",
     )
 
 
