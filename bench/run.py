@@ -36,6 +36,7 @@ import boto3
 from botocore.config import Config
 
 from bench.servers import ACCESS_KEY, SECRET_KEY, LatencyProxy, SeaweedS3
+from watcher.b2classes import cost_usd
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work"
@@ -468,6 +469,7 @@ def bench_media(server: SeaweedS3, objs: list[Obj], args: argparse.Namespace) ->
         "per_run_ratio": [r["input_mb_s"] / c for r, c in zip(results, ceilings, strict=True)],
         "requests": first["requests"],
         "requests_total": sum(first["request_classes"].values()),
+        "request_classes": first["request_classes"],
         "status_refreshes_included": True,
         "request_budget": request_budget("media", objs, first["parts"]),
         "runs_detail": results,
@@ -631,6 +633,7 @@ def bench_dataset(name: str, server: SeaweedS3, args: argparse.Namespace) -> dic
         "peak_rss_mib": median_range([r["peak_rss_mib"] for r in results]),
         "requests": results[0]["requests"],
         "requests_total": requests,
+        "request_classes": results[0]["request_classes"],
         "request_budget": request_budget(name, objs, parts),
         "runs_detail": results,
     }
@@ -709,8 +712,9 @@ def table(summaries: list[dict]) -> str:
                 read <= 0.01,
             )
             rows.append(
-                f"| {name} | requests by class (cold; warm) | {cold['request_classes']}; "
-                f"{warm['request_classes']} | | | | |"
+                f"| {name} | B2 transactions by class, warm run (a, b, c; cost) | "
+                + ", ".join(str(warm["request_classes"][c]) for c in "abc")
+                + f"; ${cost_usd(warm['request_classes']):.6f} per job | | | | |"
             )
         else:
             copy = s["limits"]["raw_copy_mb_s"]
@@ -776,6 +780,13 @@ def table(summaries: list[dict]) -> str:
                 "",
                 "≤ budget, besides the status refreshes the contract asks for (≥ 1 per 10 s)",
                 s["requests_total"] - refreshes <= s["request_budget"] and refreshes <= allowed,
+            )
+        if s.get("request_classes"):
+            classes = s["request_classes"]
+            rows.append(
+                f"| {name} | B2 transactions by class (a, b, c; cost past the free daily calls) | "
+                f"{classes['a']}, {classes['b']}, {classes['c']}; ${cost_usd(classes):.6f} per job"
+                " | A free, B $0.004 / 10,000, C $0.004 / 1,000 | | | |"
             )
         out = s["output_mb_s"]
         rows.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from watcher.b2classes import by_class, transaction_class
+from watcher.b2classes import by_class, cost_usd, transaction_class
 from watcher.metrics import Metrics
 
 
@@ -47,3 +47,12 @@ def test_metrics_count_requests_by_operation_and_by_class():
     assert 'b2zip_storage_transactions_total{class="a"} 2.0' in text
     assert 'b2zip_storage_transactions_total{class="b"} 3.0' in text
     assert 'b2zip_storage_transactions_total{class="c"} 4.0' in text
+
+
+def test_cost_follows_the_price_list_a_free_b_per_ten_thousand_c_per_thousand():
+    assert cost_usd({"a": 1_000_000, "b": 0, "c": 0}) == 0
+    assert cost_usd({"a": 0, "b": 10_000, "c": 0}) == pytest.approx(0.004)
+    assert cost_usd({"a": 0, "b": 0, "c": 1_000}) == pytest.approx(0.004)
+    # the media benchmark's cold job: 19 A, 144 B, 13 C
+    assert cost_usd({"a": 19, "b": 144, "c": 13}) == pytest.approx(144 * 4e-7 + 13 * 4e-6)
+    assert cost_usd({}) == 0
