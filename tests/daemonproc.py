@@ -119,6 +119,22 @@ class DaemonProcess:
         self._log.close()
 
 
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path, config: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """One ``b2-zip-watcher`` command (``python -m watcher …``) run to its end, output captured;
+    ``--config`` appended when a config file is given."""
+    tail = ["--config", str(config)] if config is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", *args, *tail],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
 def wait_until(
     predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2
 ) -> object:

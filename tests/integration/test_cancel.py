@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 from conftest import SHARED_SECRET, free_port, put_objects
-from daemonproc import read_json, wait_until, write_config
+from daemonproc import read_json, run_cli, wait_until, write_config
 from faultproxy import Fault, FaultProxy
 from test_http import AUTH, _listening, request
 
@@ -38,14 +37,7 @@ def test_cancel_queued_and_running_jobs(s3, s3_server, s3_env, bucket, tmp_path,
     )
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
-            env={**os.environ, **s3_env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
+        return run_cli(*args, config=config, env={**os.environ, **s3_env}, cwd=tmp_path)
 
     def view(job_id: str) -> dict:
         return json.loads(request(port, "GET", f"/jobs/{job_id}", headers=AUTH)[2])

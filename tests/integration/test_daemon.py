@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import deterministic_bytes, put_objects, verify_zip
-from daemonproc import drop, list_keys, read_json, result_of, wait_until, write_config
+from daemonproc import drop, list_keys, read_json, result_of, run_cli, wait_until, write_config
 
 PREFIX = "zip-requests/"
 
@@ -192,7 +192,6 @@ def test_sigterm_mid_job_lets_it_finish_within_the_grace_period(s3, bucket, tmp_
 
 def test_submit_wait_and_status_commands(s3, bucket, tmp_path, daemons, s3_env):
     import subprocess
-    import sys
 
     put_objects(s3, bucket, {"a.txt": b"alpha"})
     config = write_config(tmp_path / "c.yaml")
@@ -203,14 +202,7 @@ def test_submit_wait_and_status_commands(s3, bucket, tmp_path, daemons, s3_env):
     bad.write_text(json.dumps({"files": ["absent.txt"], "target": "out/never.zip"}))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
-            env={**s3_env, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
+        return run_cli(*args, config=config, env={**s3_env, "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
 
     ok = cli("submit", str(good), "--wait")
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import free_port
-from daemonproc import write_config
+from daemonproc import run_cli, write_config
 from faultproxy import Fault, FaultProxy
 
 # Store-agnostic: runs on moto only (docs/b2.md).
@@ -25,14 +24,7 @@ COMMANDS = ("run", "check", "submit", "status", "zip")
 
 def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k not in ("BUCKET_NAME", "AWS_ENDPOINT_URL")}
-    return subprocess.run(
-        [sys.executable, "-m", "watcher", *args],
-        env={**environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
+    return run_cli(*args, env={**environ, **env}, cwd=cwd)
 
 
 def command_args(command: str, tmp_path: Path, config: Path) -> list[str]:

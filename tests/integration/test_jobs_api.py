@@ -7,13 +7,12 @@ import io
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 import zipfile
 
 import pytest
 from conftest import SHARED_SECRET, free_port, put_objects
-from daemonproc import DaemonProcess, read_json, wait_until, write_config
+from daemonproc import DaemonProcess, read_json, run_cli, wait_until, write_config
 from test_http import AUTH, _listening, request
 
 
@@ -152,14 +151,7 @@ def test_failure_reason_list_retry_and_download(api, s3, bucket, tmp_path, s3_en
 
     # The CLI: jobs lists them, status --url prints a link that fetches the same bytes.
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "watcher", *args, "--config", str(config)],
-            env={**os.environ, **s3_env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
+        return run_cli(*args, config=config, env={**os.environ, **s3_env}, cwd=tmp_path)
 
     listing = cli("jobs")
     assert listing.returncode == 0, listing.stderr
