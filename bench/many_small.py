@@ -17,6 +17,7 @@ bench/work) for a same-run comparison. Results: bench/results/many_small.json an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +44,34 @@ from bench.servers import ACCESS_KEY, SECRET_KEY, LatencyProxy, SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = WORK / "many_small"
+
+
+@contextlib.contextmanager
+def seeded_small_server(data: Path, count: int) -> Iterator[tuple[SeaweedS3, object, list]]:
+    """SeaweedFS in ``data`` (emptied first) with the bench bucket holding the first ``count``
+    objects of the ``small`` dataset: ``(server, client, objects)``; stopped on leaving."""
+    shutil.rmtree(data, ignore_errors=True)
+    server = SeaweedS3(data).start(client)
+    try:
+        s3 = client(server.endpoint_url)
+        s3.create_bucket(Bucket=BUCKET)
+        objs = dataset("small", False)[:count]
+        upload(s3, objs)
+        yield server, s3, objs
+    finally:
+        server.stop()
+
+
+def compiled(code: Path) -> Path:
+    """``code``'s watcher package with its bytecode written, as an installed package has it
+    (pip compiles on install): with PYTHONDONTWRITEBYTECODE set, or a stale ``__pycache__``,
+    every timed process would otherwise compile the package again (~0.15 s CPU)."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(code / "watcher")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return code
 
 
 def raw_get_rate(endpoint: str, keys: list[str], threads: int) -> dict:
@@ -167,21 +197,15 @@ def main() -> int:
     parser.add_argument("--sweep", default="", help="small_in_flight values to run at latency")
     parser.add_argument("--before", default="", help="a git revision to compare with")
     args = parser.parse_args()
-    shutil.rmtree(HERE / "seaweedfs", ignore_errors=True)
     HERE.mkdir(parents=True, exist_ok=True)
-    server = SeaweedS3(HERE / "seaweedfs").start(client)
     started = time.perf_counter()
     load = os.getloadavg()
     rows: list[dict] = []
-    try:
-        s3 = client(server.endpoint_url)
-        s3.create_bucket(Bucket=BUCKET)
-        objs = dataset("small", False)[: args.objects]
-        upload(s3, objs)
+    with seeded_small_server(HERE / "seaweedfs", args.objects) as (server, s3, objs):
         keys = [o.key for o in objs]
-        codes = {"after": ROOT}
+        codes = {"after": compiled(ROOT)}
         if args.before:
-            codes[f"before ({args.before})"] = export(args.before)
+            codes[f"before ({args.before})"] = compiled(export(args.before))
         for latency_ms, threads in ((0.0, 16), (args.latency_ms, 128)):
             proxy = LatencyProxy(server.port, latency_ms / 1000).start()
             try:
@@ -207,8 +231,6 @@ def main() -> int:
                         )
             finally:
                 proxy.stop()
-    finally:
-        server.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "many_small.json").write_text(json.dumps(rows, indent=1))
     command = f"python -m bench.many_small --objects {args.objects} --runs {args.runs}"

@@ -4,7 +4,7 @@ framing, thread hand-offs, ...).
 
     python -m bench.profile_small [--objects 2000]
     python -m bench.profile_small --server seaweedfs --sampler py-spy --objects 5000 \
-        [--repeat 3] [--before REV]
+        [--repeat 3] [--before REV] [--startup]
 
 ``--sampler cprofile`` (the default, on moto's server): one cProfile per thread timed in thread
 CPU time. Profiling inflates every Python call (≈4x here), so read the shares, not the
@@ -16,7 +16,9 @@ first runs ``--repeat`` times unprofiled — its CPU ms per object (user and sys
 child's rusage), and once over a single object, which is the process's start-up and the job's
 fixed cost — then once under py-spy (sampling from outside, on-CPU samples only), whose samples
 are summed by area from the innermost frame outwards. ``--before REV`` measures git revision
-REV's code the same way, in the same run.
+REV's code the same way, in the same run. ``--startup`` measures only the 1-object job (the
+process's start-up), ``--repeat`` times for each code. The watcher package is byte-compiled
+first, as an installed one is.
 """
 
 from __future__ import annotations
@@ -160,26 +162,20 @@ def spy_main(args: argparse.Namespace) -> int:
     import shutil
     import statistics
 
-    from bench.many_small import export
-    from bench.run import BUCKET, client, dataset, upload, verify
-    from bench.servers import ACCESS_KEY, SECRET_KEY, SeaweedS3
+    from bench.many_small import compiled, export, seeded_small_server
+    from bench.run import BUCKET, verify
+    from bench.servers import ACCESS_KEY, SECRET_KEY
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise SystemExit("py-spy is missing: pip install py-spy")
     here = WORK / "seaweedfs"
-    shutil.rmtree(here, ignore_errors=True)
-    here.mkdir(parents=True)
-    server = SeaweedS3(here / "data").start(client)
-    codes = {"after": ROOT}
+    here.mkdir(parents=True, exist_ok=True)
+    codes = {"after": compiled(ROOT)}
     if args.before:
-        codes[f"before ({args.before})"] = export(args.before)
+        codes[f"before ({args.before})"] = compiled(export(args.before))
     out: list[str] = []
-    try:
-        s3 = client(server.endpoint_url)
-        s3.create_bucket(Bucket=BUCKET)
-        objs = dataset("small", False)[: args.objects]
-        upload(s3, objs)
+    with seeded_small_server(here / "data", args.objects) as (server, s3, objs):
         config = here / "config.yaml"
         config.write_text("logging:\n  format: json\n  level: WARNING\n")
 
@@ -215,6 +211,16 @@ def spy_main(args: argparse.Namespace) -> int:
             f"{n} objects of 2-8 KiB on SeaweedFS, load average {os.getloadavg()[0]:.1f} at the "
             f"start, {time.strftime('%H:%M UTC', time.gmtime())}"
         )
+        if args.startup:
+            for label, code in codes.items():
+                one = sorted(sum(zip_job(code, keys[:1], [])[:2]) for _ in range(args.repeat))
+                out.append(
+                    f"{label}: a 1-object job (start-up and fixed cost): CPU median "
+                    f"{statistics.median(one):.3f} s, min {one[0]:.3f} s over {args.repeat} runs "
+                    f"(" + ", ".join(f"{t:.3f}" for t in one) + ")"
+                )
+                print(out[-1], flush=True)
+            codes = {}
         for label, code in codes.items():
             runs = [zip_job(code, keys, []) for _ in range(args.repeat)]
             verify(s3, objs, "zips/profile.zip")
@@ -240,8 +246,6 @@ def spy_main(args: argparse.Namespace) -> int:
             for area, count in counts.most_common():
                 out.append(f"  {count / total * 100:5.1f} %  {area}")
             print("\n".join(out[-len(counts) - 1 :]), flush=True)
-    finally:
-        server.stop()
     (WORK / "seaweedfs.txt").write_text("\n".join(out) + "\n")
     return 0
 
@@ -255,6 +259,11 @@ def main() -> int:
     parser.add_argument("--sampler", choices=("cprofile", "py-spy"), default="cprofile")
     parser.add_argument("--repeat", type=int, default=3, help="unprofiled runs (py-spy)")
     parser.add_argument("--before", default="", help="a git revision to compare with (py-spy)")
+    parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="only the 1-object job's CPU, --repeat times (py-spy)",
+    )
     args = parser.parse_args()
     if (args.server == "seaweedfs") != (args.sampler == "py-spy"):
         raise SystemExit("--server seaweedfs goes with --sampler py-spy, moto with cprofile")
