@@ -23,6 +23,12 @@ def test_clients_share_one_session_and_keep_their_own_settings():
     assert (first.meta.config.connect_timeout, attempts[first]) == (5, 3)  # retries + 1
     assert (second.meta.config.max_pool_connections, attempts[second]) == (64, 9)
     assert (quick.meta.config.read_timeout, attempts[quick]) == (3, 4)
+    # each client has its own event hooks (a Store's request counting is its client's alone)
+    heard = []
+    first.meta.events.register("probe-event.s3", lambda **_: heard.append("first"))
+    for client in (second, quick, first):
+        client.meta.events.emit("probe-event.s3")
+    assert heard == ["first"]
     for client in (first, second, quick):
         assert client.meta.endpoint_url == "http://127.0.0.1:9"
         assert client.meta.config.s3 == {"addressing_style": "path"}
