@@ -483,9 +483,27 @@ def bench_media(server: SeaweedS3, objs: list[Obj], args: argparse.Namespace) ->
 # -- the pipeline -----------------------------------------------------------------------------
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_pipeline(
-    endpoint: str, objs: list[Obj], target: str, compression: str, level: int, extra: str = ""
+    endpoint: str,
+    objs: list[Obj],
+    target: str,
+    compression: str,
+    level: int,
+    extra: str = "",
+    server: SeaweedS3 | None = None,
 ) -> dict:
+    """One ``zip`` job as a subprocess: wall time, peak RSS, and the CPU seconds it used (its
+    own, the store server's and this process's — the proxy — over the same span: the three
+    share the cores, so the job's CPU per input MB decides its rate on a loaded machine)."""
     manifest = {"files": [o.key for o in objs], "target": target, "compression": compression}
     path = WORK / "manifest.json"
     path.write_text(json.dumps(manifest))
@@ -503,6 +521,9 @@ def run_pipeline(
         f"logging:\n  format: json\n  level: WARNING\nzip:\n  level: {level}\n{extra}"
     )
     log = WORK / "pipeline.log"
+    server_pid = server.proc.pid if server is not None and server.proc is not None else None
+    server_before = process_cpu_s(server_pid) if server_pid else 0.0
+    own_before = time.process_time()
     start = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -512,30 +533,68 @@ def run_pipeline(
             stderr=subprocess.STDOUT,
             cwd=WORK,
         )
-        peak = peak_rss_kib(proc)
+        spy = None
+        if os.environ.get("BENCH_PYSPY"):  # a profile of the job: py-spy's collapsed stacks
+            spy = subprocess.Popen(
+                [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")]
+                + ["record", "--pid", str(proc.pid), "--nonblocking", "-r", "200", "-f", "raw"]
+                + ["-o", os.environ["BENCH_PYSPY"]],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        perf = None
+        if os.environ.get("BENCH_PERF"):  # native samples of the job, by library and symbol
+            perf = subprocess.Popen(
+                ["perf", "record", "-F", "499", "-g", "-p", str(proc.pid)]
+                + ["-o", os.environ["BENCH_PERF"]],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        peak, cpu = peak_rss_kib(proc)
+        for sampler in (spy, perf):
+            if sampler is not None:
+                sampler.wait(60)
     wall = time.perf_counter() - start
+    own = time.process_time() - own_before
+    server_cpu = process_cpu_s(server_pid) - server_before if server_pid else None
     if proc.returncode != 0:
         raise SystemExit(f"pipeline failed: {log.read_text()[-2000:]}")
-    return {"wall": wall, "peak_rss_mib": peak / 1024}
+    megabytes = sum(o.size for o in objs) / 1e6
+    print(
+        f"  job CPU {cpu:.1f} s ({cpu / megabytes * 1000:.1f} ms/MB), server "
+        f"{server_cpu or 0:.1f} s, bench+proxy {own:.1f} s, wall {wall:.1f} s",
+        flush=True,
+    )
+    return {
+        "wall": wall,
+        "peak_rss_mib": peak / 1024,
+        "job_cpu_s": cpu,
+        "server_cpu_s": server_cpu,
+        "bench_cpu_s": own,
+    }
 
 
-def peak_rss_kib(proc: subprocess.Popen) -> int:
-    """The child's VmHWM (peak resident set), polled until it exits.
+def peak_rss_kib(proc: subprocess.Popen) -> tuple[int, float]:
+    """The child's VmHWM (peak resident set), polled until it exits, and the CPU seconds (user
+    + system) it used, from its exit's resource usage.
 
     Not ru_maxrss: that would count the forked copy of this (large) benchmark process that
     exists for a moment before exec.
     """
     status = Path(f"/proc/{proc.pid}/status")
     peak = 0
-    while proc.poll() is None:
+    while True:
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]))
         except (OSError, ValueError):
             pass
+        pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(code)
+            return peak, usage.ru_utime + usage.ru_stime
         time.sleep(0.02)
-    return peak
 
 
 def verify(s3, objs: list[Obj], target: str) -> int:
@@ -593,7 +652,9 @@ def bench_dataset(name: str, server: SeaweedS3, args: argparse.Namespace) -> dic
         proxy.reset()
         proxy.take_bytes()
         target = f"zips/{name}.zip"
-        measured = run_pipeline(proxy.endpoint_url, objs, target, compression, args.level)
+        measured = run_pipeline(
+            proxy.endpoint_url, objs, target, compression, args.level, server=server
+        )
         counts = proxy.reset()
         uploaded, downloaded = proxy.take_bytes()
         zip_bytes = verify(s3, objs, target)
@@ -787,6 +848,18 @@ def table(summaries: list[dict]) -> str:
                 f"| {name} | B2 transactions by class (a, b, c; cost past the free daily calls) | "
                 f"{classes['a']}, {classes['b']}, {classes['c']}; ${cost_usd(classes):.6f} per job"
                 " | A free, B $0.004 / 10,000, C $0.004 / 1,000 | | | |"
+            )
+        cpu = [r["job_cpu_s"] for r in s["runs_detail"] if r.get("job_cpu_s") is not None]
+        if cpu:
+            server = [r.get("server_cpu_s") or 0.0 for r in s["runs_detail"]]
+            bench = [r.get("bench_cpu_s") or 0.0 for r in s["runs_detail"]]
+            per_mb = statistics.median(cpu) / (s["input_bytes"] / 1e6) * 1000
+            rows.append(
+                f"| {name} | CPU seconds of the job (its process, user + system) | "
+                f"{statistics.median(cpu):.1f} s ({min(cpu):.1f}–{max(cpu):.1f}), "
+                f"{per_mb:.1f} ms per input MB | the store server "
+                f"{statistics.median(server):.1f} s, this process (proxy, polling) "
+                f"{statistics.median(bench):.1f} s, over the same runs | | informational | |"
             )
         out = s["output_mb_s"]
         rows.append(

@@ -20,6 +20,9 @@ empty stored block (a sync flush: ``00 00 ff ff``) is appended at that bit, so t
 starts on a byte boundary. The scan also checks the piece decodes to the chunk's length. When
 libdeflate or the scan is unavailable (import or self-test failed), those levels fall back to
 zlib-ng (:data:`ZLIB_NG_FALLBACK`), and a chunk whose scan fails is compressed with zlib-ng.
+libdeflate's compressors are kept for reuse through ctypes (:class:`_KeptCompressors`), each with
+its output and scan buffers: a chunk is compressed, scanned and stitched in place and copied out
+once, instead of a compressor and two buffers made and freed per chunk.
 
 Memory: a pool has at most ``in_flight`` chunks submitted and not yet taken back by their
 member (each: the raw chunk, a 32 KiB window and its compressed piece), across every member that
@@ -135,12 +138,38 @@ def compress_whole(level: int, data: bytes) -> bytes:
     return library.compress(data, native, wbits=-15)  # type: ignore[union-attr]
 
 
+# Output room kept with each compressor: a 1 MiB chunk's bound and the 5 bytes stitching may
+# add. A bigger input gets a buffer of its own for that call. Both it and the scan's output are
+# plain malloc'd memory: only the pages written become resident (a ctypes array is zeroed).
+KEPT_OUT = CHUNK + CHUNK // 64 + 4096
+_STITCH_FAILED = object()  # :meth:`_KeptCompressors.chunk`: the scan failed, use zlib-ng
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_libc.free.restype = None
+_libc.free.argtypes = [ctypes.c_void_p]
+
+
+class _Kept:
+    """One libdeflate compressor, with the output buffer and scan buffer that go with it."""
+
+    __slots__ = ("compressor", "out", "scan")
+
+    def __init__(self, compressor: int) -> None:
+        self.compressor = compressor
+        self.out = 0  # addresses, malloc'd at first use and kept as long as the compressor
+        self.scan = 0
+
+
 class _KeptCompressors:
-    """libdeflate compressors kept for reuse, through ctypes (the ``deflate`` package makes and
-    frees one per call: ~350 KiB at level 4, mmapped afresh on threads, so every small member
-    paid ~45 page faults for it; measured with ``perf record -e page-faults``). At most
-    ``limit`` are kept per level; a call that finds none free makes its own, as before.
-    ctypes releases the GIL during the call, like the package."""
+    """libdeflate compressors kept for reuse, each with its output buffer, through ctypes.
+
+    The ``deflate`` package makes and frees a compressor (~350 KiB at level 4) and a bound-sized
+    output buffer per call, and the stitched chunks were copied once more: every 1 MiB chunk
+    touched ~1.3 MiB of fresh memory (page faults: the kernel's share of a job's CPU) besides
+    its input. Here a chunk is compressed into a kept buffer, scanned and stitched there, and
+    copied out once. At most ``limit`` are kept per level; a call that finds none free makes
+    its own through the package, as before. ctypes releases the GIL during the calls."""
 
     def __init__(self, path: str, limit: int) -> None:
         lib = ctypes.CDLL(path)
@@ -160,32 +189,77 @@ class _KeptCompressors:
             ctypes.c_size_t,
         ]
         self.limit = limit
-        self._free: dict[int, list[int]] = {}
+        self._free: dict[int, list[_Kept]] = {}
         self._made: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def compress(self, level: int, data: bytes) -> bytes | None:
-        """``data`` deflated, or None when no compressor is free and no more may be made."""
+    def _take(self, level: int) -> _Kept | None:
         with self._lock:
             free = self._free.setdefault(level, [])
             if free:
-                compressor = free.pop()
-            elif self._made.get(level, 0) < self.limit:
-                compressor = self._alloc(level)
-                if not compressor:
-                    return None
-                self._made[level] = self._made.get(level, 0) + 1
-            else:
+                return free.pop()
+            if self._made.get(level, 0) >= self.limit:
                 return None
+            compressor = self._alloc(level)
+            if not compressor:  # pragma: no cover - out of memory
+                return None
+            self._made[level] = self._made.get(level, 0) + 1
+            return _Kept(compressor)
+
+    def _give(self, level: int, kept: _Kept) -> None:
+        with self._lock:
+            self._free[level].append(kept)
+
+    def _deflated(self, kept: _Kept, data: bytes, last: bool) -> object:
+        """``data``'s stream compressed into the kept buffer (or one of its own for an input
+        too big for it), stitched when not ``last``, copied out once."""
+        need = self._bound(kept.compressor, len(data)) + 8
+        own = 0
+        if need <= KEPT_OUT:
+            if not kept.out:
+                kept.out = _libc.malloc(KEPT_OUT)
+                if not kept.out:  # pragma: no cover - out of memory
+                    raise MemoryError("libdeflate's output buffer")
+            out = kept.out
+        else:
+            out = own = _libc.malloc(need)
+            if not own:  # pragma: no cover - out of memory
+                raise MemoryError("libdeflate's output buffer")
         try:
-            bound = self._bound(compressor, len(data))
-            out = ctypes.create_string_buffer(bound)
-            size = self._compress(compressor, data, len(data), out, bound)
+            size = self._compress(kept.compressor, data, len(data), out, need - 8)
             if not size:  # pragma: no cover - the bound always fits
-                return None
+                raise RuntimeError("libdeflate: the output did not fit its bound")
+            if not last:
+                if not kept.scan:
+                    kept.scan = _libc.malloc(SCAN_OUT)
+                    if not kept.scan:  # pragma: no cover - out of memory
+                        raise MemoryError("the scan's output buffer")
+                stitched = _unfinal_at(out, size, len(data), kept.scan)
+                if stitched is None:
+                    return _STITCH_FAILED
+                size = stitched
             return ctypes.string_at(out, size)
         finally:
-            free.append(compressor)
+            if own:
+                _libc.free(own)
+
+    def compress(self, level: int, data: bytes) -> bytes | None:
+        """``data`` deflated, or None when no compressor is free and no more may be made."""
+        piece = self.chunk(level, data, True)
+        assert piece is None or isinstance(piece, bytes)
+        return piece
+
+    def chunk(self, level: int, data: bytes, last: bool) -> object:
+        """One chunk's piece of a member's stream (:func:`deflate_chunk`): ``bytes``; None when
+        no compressor is free; :data:`_STITCH_FAILED` when a non-last piece could not be
+        stitched (then zlib-ng compresses that chunk)."""
+        kept = self._take(level)
+        if kept is None:
+            return None
+        try:
+            return self._deflated(kept, bytes(data), last)
+        finally:
+            self._give(level, kept)
 
 
 def _kept_compressors() -> _KeptCompressors | None:
@@ -201,6 +275,11 @@ def _kept_compressors() -> _KeptCompressors | None:
             if piece != bytes(_libdeflate.deflate_compress(sample, level)):
                 return None
             if zlib.decompress(piece, -15) != sample:
+                return None
+            first = kept.chunk(level, sample, False)
+            if not isinstance(first, bytes):
+                return None
+            if zlib.decompress(first + piece, -15) != sample + sample:
                 return None
         return kept
     except (OSError, AttributeError, zlib.error):  # pragma: no cover - no such library
@@ -226,10 +305,14 @@ def deflate_chunk(level: int, data: bytes, zdict: bytes, last: bool) -> tuple[by
     """
     name, native = deflate_backend(level)
     if name == "libdeflate":
-        piece = _libdeflate.deflate_compress(data, native)  # type: ignore[union-attr]
-        if last or _unfinal(piece, len(data)):
-            return bytes(piece), crc32(data)
-        name, native = "zlib-ng", ZLIB_NG_FALLBACK[level]  # pragma: no cover - scan failed
+        kept = _KEPT.chunk(native, data, last) if _KEPT is not None else None
+        if isinstance(kept, bytes):
+            return kept, crc32(data)
+        if kept is None:  # no kept compressor free: one of the package's, as before
+            piece = _libdeflate.deflate_compress(data, native)  # type: ignore[union-attr]
+            if last or _unfinal(piece, len(data)):
+                return bytes(piece), crc32(data)
+        name, native = "zlib-ng", ZLIB_NG_FALLBACK[level]  # the scan failed
     comp = _zlib_like(name, native, zdict)
     piece = comp.compress(data) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
     return piece, crc32(data)
@@ -260,7 +343,7 @@ class _ZStream(ctypes.Structure):
 
 
 Z_OK, Z_STREAM_END, Z_BLOCK = 0, 1, 5
-SCAN_OUT = 256 * 1024  # the scan's output buffer, reused (inflate keeps its own 32 KiB window)
+SCAN_OUT = 64 * 1024  # the scan's output buffer, kept with a compressor (inflate has a window)
 
 
 def _load_inflate() -> Any:
@@ -283,20 +366,28 @@ def _load_inflate() -> Any:
 _inflate = _load_inflate() if _libdeflate is not None and _zng is not None else None
 
 
-def _scan(piece: bytearray, size: int) -> tuple[int, int] | None:
+def _scan(piece: bytes | bytearray, size: int) -> tuple[int, int] | None:
     """(bit where the last block starts, bit after its end-of-block code) of one complete raw
     deflate stream that decodes to ``size`` bytes; None if it is not one."""
+    source = ctypes.create_string_buffer(bytes(piece), len(piece))
+    out = ctypes.create_string_buffer(min(SCAN_OUT, max(1, size)))
+    return _scan_at(ctypes.addressof(source), len(piece), size, ctypes.addressof(out), len(out))
+
+
+def _scan_at(
+    source: int, length: int, size: int, out: int, room: int = SCAN_OUT
+) -> tuple[int, int] | None:
+    """:func:`_scan` of the ``length`` bytes at address ``source``, decoding into the ``room``
+    bytes at ``out`` (thrown away)."""
     stream = _ZStream()
     if _inflate is None or _inflate.zng_inflateInit2(ctypes.byref(stream), -15) != Z_OK:
         return None
-    out = ctypes.create_string_buffer(min(SCAN_OUT, max(1, size)))
-    source = (ctypes.c_char * len(piece)).from_buffer(piece)
     try:
-        stream.next_in, stream.avail_in = ctypes.addressof(source), len(piece)
+        stream.next_in, stream.avail_in = source, length
         last_start = 0
         while True:
             if stream.avail_out == 0:
-                stream.next_out, stream.avail_out = ctypes.addressof(out), len(out)
+                stream.next_out, stream.avail_out = out, room
             code = _inflate.zng_inflate(ctypes.byref(stream), Z_BLOCK)
             if code != Z_OK:
                 return None  # an error, or the end without the boundary stop below
@@ -309,11 +400,10 @@ def _scan(piece: bytearray, size: int) -> tuple[int, int] | None:
                 last_start = position
             elif stream.avail_out != 0:
                 return None  # stopped neither at a boundary nor for room: truncated
-        if stream.total_out != size or stream.avail_in != 0 or len(piece) != (position + 7) // 8:
+        if stream.total_out != size or stream.avail_in != 0 or length != (position + 7) // 8:
             return None
         return last_start, position
     finally:
-        del source  # the bytearray may be resized again once no buffer is exported
         _inflate.zng_inflateEnd(ctypes.byref(stream))
 
 
@@ -328,10 +418,32 @@ def _unfinal(piece: bytearray, size: int) -> bool:
     if not piece[byte] >> bit & 1:
         return False  # pragma: no cover - not a BFINAL bit: never trust the scan blindly
     piece[byte] &= ~(1 << bit) & 0xFF
-    # an empty stored block at bit ``end``: 3 header bits (all 0) in the padding left in the
-    # last byte (zeros) if there are 3, else in one more byte; then LEN 0000 and NLEN ffff
-    piece += b"\x00\x00\xff\xff" if 1 <= end % 8 <= 5 else b"\x00\x00\x00\xff\xff"
+    piece += _sync_flush(end)
     return True
+
+
+def _unfinal_at(out: int, length: int, size: int, scan: int) -> int | None:
+    """:func:`_unfinal` of the stream in the ``length`` bytes at address ``out`` (with at least
+    5 bytes of room after them), scanned into the :data:`SCAN_OUT` bytes at ``scan``: its new
+    length, or None (unchanged)."""
+    found = _scan_at(out, length, size, scan)
+    if found is None:
+        return None
+    last_start, end = found
+    byte, bit = divmod(last_start, 8)
+    header = ctypes.c_ubyte.from_address(out + byte)
+    if not header.value >> bit & 1:
+        return None  # pragma: no cover - not a BFINAL bit: never trust the scan blindly
+    header.value &= ~(1 << bit) & 0xFF
+    flush = _sync_flush(end)
+    ctypes.memmove(out + length, flush, len(flush))
+    return length + len(flush)
+
+
+def _sync_flush(end: int) -> bytes:
+    """An empty stored block at bit ``end``: 3 header bits (all 0) in the padding left in the
+    last byte (zeros) if there are 3, else in one more byte; then LEN 0000 and NLEN ffff."""
+    return b"\x00\x00\xff\xff" if 1 <= end % 8 <= 5 else b"\x00\x00\x00\xff\xff"
 
 
 def _self_test() -> bool:
@@ -419,6 +531,9 @@ class ChunkedDeflater:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._window = b""
+        # libdeflate cannot be primed: no window is kept for it (a scan that fails gives a
+        # zlib-ng chunk without one: valid, ~1 % larger)
+        self._primed = deflate_backend(level)[0] != "libdeflate"
         self._pending: deque[tuple[Future, int]] = deque()  # (future, raw length), in order
         self._done = False
 
@@ -463,19 +578,31 @@ class ChunkedDeflater:
     # -- internals ----------------------------------------------------------------------------
 
     def _take(self, n: int) -> bytes:
-        """The first ``n`` buffered bytes, without a copy when one piece is exactly that."""
-        if len(self._buffer) == 1 and len(self._buffer[0]) == n:
-            block = self._buffer.pop()
+        """The first ``n`` buffered bytes: without a copy when one piece is exactly that, else
+        joined once (only a piece that straddles the end is cut)."""
+        buffer = self._buffer
+        if len(buffer[0]) == n if buffer else not n:
+            block = buffer.pop(0) if buffer else b""
         else:
-            joined = b"".join(self._buffer)
-            block, rest = joined[:n], joined[n:]
-            self._buffer = [rest] if rest else []
+            count = total = 0
+            while total < n:
+                total += len(buffer[count])
+                count += 1
+            parts, rest = buffer[:count], buffer[count:]
+            over = total - n
+            if over:
+                last = memoryview(parts[-1])
+                parts[-1], tail = last[: len(last) - over], bytes(last[len(last) - over :])
+                rest.insert(0, tail)
+            block = b"".join(parts)
+            self._buffer = rest
         self._buffered -= n
         return block
 
     def _send(self, block: bytes, out: list[bytes]) -> None:
         zdict = self._window
-        self._window = (zdict + block)[-WINDOW:] if len(block) < WINDOW else block[-WINDOW:]
+        if self._primed:
+            self._window = (zdict + block)[-WINDOW:] if len(block) < WINDOW else block[-WINDOW:]
         while self.pool is not None:
             if self.pool.try_acquire():
                 future = self.pool.submit(self.level, block, zdict, False)
@@ -502,4 +629,4 @@ class ChunkedDeflater:
         return piece
 
 
-_KEPT = _kept_compressors() if HAVE_LIBDEFLATE else None  # for compress_whole
+_KEPT = _kept_compressors() if HAVE_LIBDEFLATE else None  # compress_whole and deflate_chunk

@@ -431,6 +431,28 @@ class _Workers:
             thread.join()
 
 
+def _gather(
+    chunks: Iterator[bytes], size: int = READ_CHUNK, first: int | None = None
+) -> Iterator[list[bytes]]:
+    """A body's pieces in lists of at least ``size`` bytes (the first: ``first``; the last:
+    what is left). A store's reads may come in pieces much smaller than asked (the lean GET's:
+    at most 64 KiB); the read-ahead's work per chunk (budget, queue, deflate feed) is then done
+    once per ``size`` bytes, not per piece."""
+    group: list[bytes] = []
+    total = 0
+    want = size if first is None else first
+    for chunk in chunks:
+        if not chunk:
+            continue
+        group.append(chunk)
+        total += len(chunk)
+        if total >= want:
+            yield group
+            group, total, want = [], 0, size
+    if group:
+        yield group
+
+
 class _ReadAhead:
     """Fetches entries in archive order: up to ``small_in_flight`` GETs at once (each reads a
     small object whole), of which at most ``parallel`` stream a bigger one, and ``limit`` bytes
@@ -556,8 +578,10 @@ class _ReadAhead:
             self.budget.acquire(fetch.index, reserve)
             held = reserve
             chunks = reader.iter_chunks(READ_CHUNK)
-            chunk = next(chunks, b"")
-            fetch.method, fetch.level = decide(plan.compression, plan.level, entry.name, chunk)
+            parts = _gather(chunks, first=SAMPLE_BYTES)  # what decide() looks at, no more
+            chunk = next(parts, [])
+            first = chunk[0] if len(chunk) == 1 else b"".join(chunk)
+            fetch.method, fetch.level = decide(plan.compression, plan.level, entry.name, first)
             if fetch.method == "store" and reader.size > BUFFER_LIMIT:
                 self._large_stored(fetch, reader)
                 return
@@ -565,26 +589,34 @@ class _ReadAhead:
             if fetch.method == "deflate":
                 compressor = ChunkedDeflater(fetch.level, self.deflate_pool)
                 if reader.size > RANGED_MIN and reader.etag and self.ranged.acquire(False):
-                    chunks = ranged = self._ranged(reader, chunks)
+                    parts = _gather(ranged := self._ranged(reader, chunks))
             while chunk:
-                if compressor is not None:
-                    piece = compressor.feed(chunk)  # computes the CRC-32 too
+                raw = sum(map(len, chunk))
+                if raw > READ_CHUNK:  # the last part read went past the reserved chunk
+                    self.budget.acquire(fetch.index, raw - READ_CHUNK)
+                    held += raw - READ_CHUNK
+                if compressor is not None:  # computes the CRC-32 too
+                    out = [compressor.feed(part) for part in chunk]
+                    pieces = [piece for piece in out if piece]
                 else:
-                    fetch.crc, piece = crc32(chunk, fetch.crc), chunk
-                self.budget.release(fetch.index, held - len(piece))
+                    for part in chunk:
+                        fetch.crc = crc32(part, fetch.crc)
+                    pieces = chunk
+                size = sum(map(len, pieces))
+                self.budget.release(fetch.index, held - size)
                 held = 0
                 if self.budget.closed:
                     return
-                fetch.put((piece, len(chunk)))  # the consumer releases its bytes
+                fetch.put((pieces, raw))  # the consumer releases their bytes
                 self.budget.acquire(fetch.index, reserve)
                 held = reserve
-                chunk = next(chunks, b"")
+                chunk = next(parts, [])
             if compressor is not None:
                 tail = compressor.finish()
                 fetch.crc = compressor.crc
                 self.budget.release(fetch.index, held - len(tail))
                 held = 0
-                fetch.put((tail, 0))
+                fetch.put(([tail], 0))
         finally:
             if ranged is not None:
                 ranged.close()  # type: ignore[attr-defined]  # stops its span reads
@@ -666,6 +698,14 @@ class _ReadAhead:
                     raise fetch.error
                 return
             piece, raw = item  # type: ignore[misc]
+            if isinstance(piece, list):  # a streamed member's pieces of one read chunk
+                self.budget.release(fetch.index, sum(map(len, piece)))
+                if not piece:
+                    yield b"", raw
+                for part in piece:
+                    yield part, raw
+                    raw = 0
+                continue
             self.budget.release(fetch.index, len(piece))
             yield piece, raw
 

@@ -141,14 +141,14 @@ def test_stitching_is_right_whatever_bit_a_piece_ends_on():
     """The empty stored block goes in the last byte's padding, or in one more byte: the 8 bit
     positions a piece can end on all occur here, and every stream decodes."""
     seen = set()
-    real = deflate._scan
+    real = deflate._scan_at
 
-    def spy(piece, size):
-        found = real(piece, size)
+    def spy(source, length, size, out, room=deflate.SCAN_OUT):
+        found = real(source, length, size, out, room)
         seen.add(found[1] % 8)
         return found
 
-    deflate._scan, saved = spy, deflate._scan
+    deflate._scan_at, saved = spy, deflate._scan_at
     try:
         rng = random.Random(9)
         for n in range(60):
@@ -159,12 +159,57 @@ def test_stitching_is_right_whatever_bit_a_piece_ends_on():
             pieces.append(deflate.deflate_chunk(4 + n % 6, parts[2], b"", True)[0])
             assert zlib.decompress(b"".join(pieces), -15) == b"".join(parts)
     finally:
-        deflate._scan = saved
+        deflate._scan_at = saved
     assert seen == set(range(8))
 
 
+def test_chunks_use_the_kept_compressors_and_match_the_package(monkeypatch, pool):
+    """A big member's chunks are compressed by the kept libdeflate compressors (no compressor
+    and output buffer made per chunk), byte for byte as the package's stitched pieces."""
+    kept = deflate._KEPT
+    assert kept is not None
+    data = text_bytes(21, 5 * deflate.CHUNK + 777)
+    chunks = [data[i : i + deflate.CHUNK] for i in range(0, len(data), deflate.CHUNK)]
+    _, native = deflate_backend(deflate.DEFAULT_LEVEL)
+    expected = []
+    for n, chunk in enumerate(chunks):
+        piece = _libdeflate.deflate_compress(chunk, native)
+        assert n == len(chunks) - 1 or deflate._unfinal(piece, len(chunk))
+        expected.append(bytes(piece))
+    made = []
+    package = _libdeflate.deflate_compress
+    monkeypatch.setattr(
+        deflate._libdeflate, "deflate_compress", lambda *a: made.append(1) or package(*a)
+    )
+    pieces = [
+        deflate.deflate_chunk(deflate.DEFAULT_LEVEL, c, b"", n == len(chunks) - 1)[0]
+        for n, c in enumerate(chunks)
+    ]
+    assert pieces == expected
+    deflater = ChunkedDeflater(deflate.DEFAULT_LEVEL, pool)
+    stream = deflater.feed(data) + deflater.finish()
+    check(data, stream, deflater)
+    assert stream == b"".join(expected)
+    assert made == []  # every chunk went through a kept compressor
+    assert kept._made[native] <= kept.limit
+    assert len(kept._free[native]) == kept._made[native]  # all given back
+
+
+def test_a_chunk_bigger_than_the_kept_buffer_and_no_free_compressor_still_work(monkeypatch):
+    data = text_bytes(22, deflate.KEPT_OUT + 5000)
+    piece, crc = deflate.deflate_chunk(deflate.DEFAULT_LEVEL, data, b"", False)
+    last, _ = deflate.deflate_chunk(deflate.DEFAULT_LEVEL, b"end", b"", True)
+    assert crc == zlib.crc32(data)
+    assert zlib.decompress(piece + last, -15) == data + b"end"
+    monkeypatch.setattr(deflate._KEPT, "limit", 0)
+    monkeypatch.setattr(deflate._KEPT, "_made", {})
+    monkeypatch.setattr(deflate._KEPT, "_free", {})
+    again, _ = deflate.deflate_chunk(deflate.DEFAULT_LEVEL, data, b"", False)
+    assert again == piece  # the package's compressor, the same bytes
+
+
 def test_a_failed_scan_falls_back_to_zlib_ng_for_that_chunk(monkeypatch):
-    monkeypatch.setattr(deflate, "_scan", lambda piece, size: None)
+    monkeypatch.setattr(deflate, "_scan_at", lambda *args: None)
     data = text_bytes(12, 3 * SMALL_CHUNK + 5)
     stream, deflater = run(data, pool=None)
     check(data, stream, deflater)

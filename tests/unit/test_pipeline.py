@@ -747,3 +747,18 @@ def test_a_copied_input_deleted_during_its_crc_pass(missing, monkeypatch):
     assert "two.mp4" in info.value.message
     assert not store.outputs and all(u.state == "aborted" for u in store.uploads)
     assert not pipeline_threads()
+
+
+def test_small_reads_are_gathered_into_read_chunks():
+    """A body that arrives in 64 KiB pieces (the lean GET's) is handled per READ_CHUNK: the
+    first group only as big as decide() needs, then groups of at least READ_CHUNK, nothing
+    lost, reordered or copied."""
+    rng = random.Random(5)
+    pieces = [rng.randbytes(rng.randrange(1, 64 * 1024)) for _ in range(200)] + [b""]
+    groups = list(pipeline._gather(iter(pieces), first=pipeline.SAMPLE_BYTES))
+    assert [p for g in groups for p in g] == [p for p in pieces if p]
+    assert all(any(p is q for q in pieces) for g in groups for p in g)  # the same objects
+    assert pipeline.SAMPLE_BYTES <= sum(map(len, groups[0])) < 2 * pipeline.SAMPLE_BYTES
+    for group in groups[1:-1]:
+        assert pipeline.READ_CHUNK <= sum(map(len, group)) < pipeline.READ_CHUNK + 64 * 1024
+    assert len(groups) <= 2 + sum(map(len, pieces)) // pipeline.READ_CHUNK
