@@ -110,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = _dispatch(args)
     if argv is None and args.command in ONE_SHOT and _only_daemon_threads():
         _exit_now(code)
+    if argv is None and args.command == "run":
+        # The daemon has stopped: every job drained or cleaned up after (CONTRACT §6, §7.10), its
+        # services stopped, its last line logged. What is left (idle pool workers, botocore's
+        # tables) the interpreter would take seconds to tear down on a busy machine, inside the
+        # shutdown_grace_seconds + 5 s a SIGTERM'd daemon has to exit in.
+        _exit_now(code)
     return code
 
 

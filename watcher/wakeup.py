@@ -75,21 +75,27 @@ class Listener:
     def _serve(self) -> None:
         sock = self._sock
         assert sock is not None
-        sock.settimeout(0.5)
-        while not self._stopped.is_set():
+        while True:
             try:
                 data = sock.recv(MAX_DATAGRAM)
-            except TimeoutError:
-                continue
             except OSError:
+                return
+            if self._stopped.is_set():
                 return
             key = data.decode("utf-8", "replace")
             if key.startswith(self._prefix):
                 self._wake([key])
 
     def stop(self) -> None:
+        """End the thread at once: it blocks in ``recv`` until a datagram comes, so send it one
+        (polling with a timeout made every shutdown wait up to half a second for it)."""
         self._stopped.set()
-        if self._thread is not None:
+        if self._thread is not None and self._name is not None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                try:
+                    sock.sendto(b"", self._name)
+                except OSError:
+                    pass  # the thread is gone already
             self._thread.join(timeout=2)
         if self._sock is not None:
             self._sock.close()

@@ -5,11 +5,13 @@ process of its own against the test server, and checks the ZIP it wrote."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import download, put_objects, verify_zip
+from daemonproc import wait_until, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,3 +113,36 @@ def test_a_zip_process_leaves_without_the_interpreter_tear_down_and_says_everyth
         tmp_path,
     )
     assert returned.returncode == 0 and "CODE 0" in returned.stdout, returned.stderr
+
+
+def test_a_stopped_daemon_leaves_without_the_interpreter_tear_down(s3_env, bucket, tmp_path):
+    """`run`, SIGTERM'd with nothing to drain, ends the process itself once it has stopped (no
+    atexit handler runs: on a busy machine the tear-down took seconds of the grace + 5 s a
+    SIGTERM'd daemon has, CONTRACT §7.10), exit code 0, its last log line written."""
+    config = write_config(tmp_path / "c.yaml")
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('INTERPRETER-EXIT', flush=True))\n"
+        "from watcher.cli import main\n"
+        "sys.argv = ['b2-zip-watcher', 'run', '--config', sys.argv[1]]\n"
+        "sys.exit(main())\n"
+    )
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(config)],
+            env={**s3_env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+        try:
+            wait_until(lambda: "daemon_started" in log.read_text(), 60, "the daemon's start")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert "INTERPRETER-EXIT" not in text
+    assert json.loads(text.splitlines()[-1])["event"] == "daemon_stopped", text[-2000:]
