@@ -79,7 +79,7 @@ def main() -> int:
             env=env,
             cwd=WORK,
         )
-        peak = peak_rss_kib(proc)
+        peak, _cpu = peak_rss_kib(proc)
         wall = time.perf_counter() - start
         size = s3.head_object(Bucket="onegib", Key="out/onegib.zip")["ContentLength"]
         print(
