@@ -34,6 +34,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from faultproxy import QuietServer
+
 MIN_PART_BYTES = 5_000_000
 MAX_PARTS = 10_000
 MAX_KEY_BYTES = 1024
@@ -119,8 +121,7 @@ def check_key(key: str) -> None:
         raise Refusal(400, "InvalidArgument", "File names must not contain control characters")
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
+class _Server(QuietServer):
     request_queue_size = 128  # three daemons' bursts of claims
 
 
