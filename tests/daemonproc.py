@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,17 @@ def write_config(path: Path, **sections: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
 
+# Daemons still running when the test process ends (a test's finally that never ran: a worker
+# that aborted) are killed then rather than left behind on the machine.
+_LIVE: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.kill()
+
 
 @dataclass
 class DaemonProcess:
@@ -65,6 +78,7 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
         )
+        _LIVE.add(self.proc)
         return self
 
     def events(self) -> list[dict]:

@@ -46,6 +46,19 @@ def _python(script: str, args: list[str], env: dict, cwd: Path) -> subprocess.Co
     )
 
 
+def _entry_script(*command: str) -> str:
+    """A script whose process enters the CLI as the console script does (main() reads sys.argv),
+    running `command` followed by the script's own arguments; an atexit handler prints
+    INTERPRETER-EXIT if the interpreter's tear-down runs."""
+    return (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('INTERPRETER-EXIT', flush=True))\n"
+        "from watcher.cli import main\n"
+        f"sys.argv = ['b2-zip-watcher', *{list(command)!r}, *sys.argv[1:]]\n"
+        "sys.exit(main())\n"
+    )
+
+
 def _manifest(tmp_path: Path, name: str, files: list[str], target: str) -> str:
     path = tmp_path / name
     path.write_text(json.dumps({"files": files, "target": target}))
@@ -85,13 +98,7 @@ def test_a_zip_process_leaves_without_the_interpreter_tear_down_and_says_everyth
     put_objects(s3, bucket, {"a.txt": b"alpha"})
     good = _manifest(tmp_path, "good.json", ["a.txt"], "out/quick.zip")
     bad = _manifest(tmp_path, "bad.json", ["absent.txt"], "out/quick-bad.zip")
-    script = (
-        "import atexit, sys\n"
-        "atexit.register(lambda: print('INTERPRETER-EXIT', flush=True))\n"
-        "from watcher.cli import main\n"
-        "sys.argv = ['b2-zip-watcher', 'zip', sys.argv[1]]\n"
-        "sys.exit(main())\n"
-    )
+    script = _entry_script("zip")
     ok = _python(script, [good], s3_env, tmp_path)
     assert ok.returncode == 0, ok.stderr + ok.stdout
     assert "INTERPRETER-EXIT" not in ok.stdout
@@ -120,13 +127,7 @@ def test_a_stopped_daemon_leaves_without_the_interpreter_tear_down(s3_env, bucke
     atexit handler runs: on a busy machine the tear-down took seconds of the grace + 5 s a
     SIGTERM'd daemon has, CONTRACT §7.10), exit code 0, its last log line written."""
     config = write_config(tmp_path / "c.yaml")
-    script = (
-        "import atexit, sys\n"
-        "atexit.register(lambda: print('INTERPRETER-EXIT', flush=True))\n"
-        "from watcher.cli import main\n"
-        "sys.argv = ['b2-zip-watcher', 'run', '--config', sys.argv[1]]\n"
-        "sys.exit(main())\n"
-    )
+    script = _entry_script("run", "--config")
     log = tmp_path / "run.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
