@@ -40,6 +40,7 @@ def write_config(path: Path, **sections: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
 
+
 # Daemons still running when the test process ends (a test's finally that never ran: a worker
 # that aborted) are killed then rather than left behind on the machine.
 _LIVE: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()

@@ -23,9 +23,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.moto_only("the harness, not the store: one server is enough")
-def test_a_daemon_left_running_by_an_aborted_test_process_is_killed_when_it_exits(
-    s3_env, tmp_path
-):
+def test_a_daemon_left_running_by_an_aborted_test_process_is_killed_when_it_exits(s3_env, tmp_path):
     config = write_config(tmp_path / "c.yaml")
     log = tmp_path / "d.log"
     script = (
