@@ -48,7 +48,7 @@ bench: $(BENCH_STAMP)
 
 # The > 4 GiB reader-matrix archive runs on SeaweedFS (the bench extra): moto holds it in RAM.
 soak: $(BENCH_STAMP)
-	$(BIN)/python -m pytest -q -m soak
+	$(BIN)/python -m pytest -q -m soak -rP
 
 lint: $(STAMP)
 	$(BIN)/ruff check watcher tests bench
