@@ -566,7 +566,7 @@ def run_pipeline(
     megabytes = sum(o.size for o in objs) / 1e6
     print(
         f"  job CPU {cpu:.1f} s ({cpu / megabytes * 1000:.1f} ms/MB), server "
-        f"{server_cpu or 0:.1f} s, bench+proxy {own:.1f} s, wall {wall:.1f} s",
+        f"{server_cpu or 0:.1f} s, bench process {own:.1f} s, wall {wall:.1f} s",
         flush=True,
     )
     return {
