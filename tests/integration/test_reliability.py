@@ -584,14 +584,20 @@ def lifecycle_soak(s3_server, s3, bucket, tmp_path, daemons, *, drops: int, kill
 
     finished: Counter = Counter()
     failed_for_good: set[str] = set()
+    committed: set[tuple[str, str]] = set()
     for proc in started:
         for event in proc.events():
             if event.get("event") == "job_finished" and event.get("etag"):
                 finished[(event["manifest"], event["etag"], event.get("run"))] += 1
             if event.get("event") == "job_failed_for_good":
                 failed_for_good.add(event["manifest"])
+            if event.get("event") == "job_already_committed" and event.get("etag"):
+                committed.add((event["manifest"], event["etag"]))
     duplicates = sum(n - 1 for n in finished.values() if n > 1)
-    ran = {(key, etag) for key, etag, _ in finished}
+    # A daemon SIGKILLed after a job's result marker and before its job_finished line leaves the
+    # next owner to file the committed version without running it (CONTRACT §7.2):
+    # job_already_committed. The result markers are checked against the ZIPs below.
+    ran = {(key, etag) for key, etag, _ in finished} | committed
     lost = []
     for name, manifest in final.items():
         key = f"{PREFIX}{name}.json"
