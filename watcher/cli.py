@@ -83,7 +83,9 @@ def _tune_malloc() -> None:
     memory. A fixed 256 KiB threshold returns them to the OS at once. And a job has dozens of
     threads (fetchers, uploaders, the deflate pool), each of which glibc would give an arena of
     its own (up to 8 per core), every arena keeping its freed small blocks: two arenas are
-    enough (on `mixed`, 130–136 MiB peak RSS instead of 142–148, no slower; bench/results).
+    enough (`mixed`: 130–136 MiB peak RSS instead of 142–148, no slower;
+    bench/results/idle_session6.md). An operator's ``MALLOC_ARENA_MAX`` wins (and is how the
+    two were compared: ``MALLOC_ARENA_MAX=16 python -m bench.run --datasets mixed``).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -94,7 +96,8 @@ def _tune_malloc() -> None:
         # ldconfig in a subprocess at every start)
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            libc.mallopt(-8, 2)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass  # not glibc
 
