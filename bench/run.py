@@ -457,12 +457,20 @@ def bench_media(server: SeaweedS3, objs: list[Obj], args: argparse.Namespace) ->
     warm = direct_run(server, s3, objs, "media", "warm CRC cache", args, extra)
     limits["server_side_mb_s"] = statistics.median(ceilings)
     limits["server_side_runs_mb_s"] = ceilings
+    return direct_summary("media", objs, limits, results, ceilings, warm_cache=warm)
+
+
+def direct_summary(
+    name: str, objs: list[Obj], limits: dict, results: list[dict], run_limits: list[float], **more
+) -> dict:
+    """The summary of jobs run straight against the server (:func:`direct_run`), each against
+    the limit measured right before it (``run_limits``); written to bench/results/NAME.json."""
     first = results[0]
     summary = {
-        "dataset": "media",
+        "dataset": name,
         "objects": len(objs),
-        "input_bytes": total,
-        "runs": args.runs,
+        "input_bytes": sum(o.size for o in objs),
+        "runs": len(results),
         "latency_ms": 0,
         "proxy": None,  # bytes and requests counted by the server and the job, not by a proxy
         "limits": limits,
@@ -470,17 +478,17 @@ def bench_media(server: SeaweedS3, objs: list[Obj], args: argparse.Namespace) ->
         "input_mb_s": median_range([r["input_mb_s"] for r in results]),
         "output_mb_s": median_range([r["output_mb_s"] for r in results]),
         "peak_rss_mib": median_range([r["peak_rss_mib"] for r in results]),
-        "per_run_ratio": [r["input_mb_s"] / c for r, c in zip(results, ceilings, strict=True)],
+        "per_run_ratio": [r["input_mb_s"] / c for r, c in zip(results, run_limits, strict=True)],
         "requests": first["requests"],
         "requests_total": sum(first["request_classes"].values()),
         "request_classes": first["request_classes"],
         "status_refreshes_included": True,
-        "request_budget": request_budget("media", objs, first["parts"]),
+        "request_budget": request_budget(name, objs, first["parts"]),
         "runs_detail": results,
-        "warm_cache": warm,
+        **more,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "media.json").write_text(json.dumps(summary, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -652,30 +660,7 @@ def bench_dataset(name: str, server: SeaweedS3, args: argparse.Namespace) -> dic
         results.append(direct_run(server, s3, objs, name, f"run {run + 1}", args))
     limits["raw_copy_mb_s"] = statistics.median(copies)
     limits["raw_copy_runs_mb_s"] = copies
-    first = results[0]
-    summary = {
-        "dataset": name,
-        "objects": len(objs),
-        "input_bytes": total,
-        "runs": runs,
-        "latency_ms": 0,
-        "proxy": None,  # the limits are measured straight against the server, and so is the job
-        "limits": limits,
-        "wall_s": median_range([r["wall"] for r in results]),
-        "input_mb_s": median_range([r["input_mb_s"] for r in results]),
-        "output_mb_s": median_range([r["output_mb_s"] for r in results]),
-        "peak_rss_mib": median_range([r["peak_rss_mib"] for r in results]),
-        "requests": first["requests"],
-        "requests_total": sum(first["request_classes"].values()),
-        "request_classes": first["request_classes"],
-        "status_refreshes_included": True,
-        "request_budget": request_budget(name, objs, first["parts"]),
-        "per_run_ratio": [r["input_mb_s"] / c for r, c in zip(results, copies, strict=True)],
-        "runs_detail": results,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return direct_summary(name, objs, limits, results, copies)
 
 
 def bench_small(server: SeaweedS3, objs: list[Obj], args: argparse.Namespace) -> dict:
